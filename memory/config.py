@@ -1,0 +1,48 @@
+"""Configuration of the memory layer (one dataclass, validated on construction, never read at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["MemoryConfig"]
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Where memory lives and how it behaves.
+
+    On disk under ``home``: ``chroma/`` (embedded Chroma, unless ``chroma_url`` is set) and
+    ``memory.sqlite`` (episodes, the knowledge-graph event log, the write journal).
+    """
+
+    home: Path
+    chroma_url: str | None = None  # e.g. "http://127.0.0.1:8000" → chromadb.HttpClient
+    collection_prefix: str = "pllm"
+    max_episodes_per_user: int = 10_000  # past it, the weakest episodes are evicted (facts never are)
+    recall_k: int = 8  # episodes returned by recall()
+    fact_k: int = 8  # relevant facts/preferences returned by recall()
+    half_life_days: float = 30.0  # initial memory stability; grows with each recall
+    rrf_k: int = 60  # reciprocal-rank-fusion constant
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser())
+        if self.max_episodes_per_user < 1:
+            raise ValueError(f"max_episodes_per_user must be >= 1, got {self.max_episodes_per_user}")
+        for name in ("recall_k", "fact_k", "rrf_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.half_life_days <= 0:
+            raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
+        if self.chroma_url is not None and not self.chroma_url.startswith(("http://", "https://")):
+            raise ValueError(f"chroma_url must start with http:// or https://, got {self.chroma_url!r}")
+        if not 3 <= len(self.collection_prefix) <= 40:
+            raise ValueError("collection_prefix must be 3 to 40 characters (Chroma names need 3-512)")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.home / "memory.sqlite"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.home / "chroma"
