@@ -1,0 +1,76 @@
+"""The local transformers model as a LangChain chat model, so any LangGraph graph can use it.
+
+``PllmChatModel(local=LocalModel.load(...))`` streams token by token; ``model_kwargs`` (e.g. a user's
+PEFT ``adapter_names``) pass through to the forward call, which is how per-user model personalization
+reaches generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from editing import ChatTurn, GenerationSettings, LocalModel
+
+__all__ = ["PllmChatModel", "to_chat_turns"]
+
+_ROLE = {"human": "user", "ai": "assistant", "system": "system", "tool": "user", "function": "user"}
+
+
+def to_chat_turns(messages: Sequence[BaseMessage]) -> list[ChatTurn]:
+    """LangChain messages → ``[{"role", "content"}]`` for the chat template (text parts only)."""
+    turns: list[ChatTurn] = []
+    for m in messages:
+        role = _ROLE.get(m.type)
+        if role is None:
+            raise ValueError(f"unsupported message type {m.type!r}; use system, human or ai messages")
+        content = m.content if isinstance(m.content, str) else "".join(
+            part.get("text", "") if isinstance(part, dict) else str(part) for part in m.content
+        )
+        turns.append({"role": role, "content": content})
+    return turns
+
+
+class PllmChatModel(BaseChatModel):
+    """A LangChain ``BaseChatModel`` over :class:`editing.LocalModel` (streaming supported)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    local: LocalModel
+    settings: GenerationSettings = Field(default_factory=GenerationSettings)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def _llm_type(self) -> str:
+        return "pllm-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_id": self.local.model_id, "device": self.local.plan.describe()}
+
+    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> GenerationSettings:
+        s = kwargs.pop("settings", None) or self.settings
+        if stop:
+            s = GenerationSettings(**{**s.__dict__, "stop": tuple(s.stop) + tuple(stop)})
+        return s
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        settings = self._settings(stop, kwargs)
+        model_kwargs = {**self.model_kwargs, **kwargs.pop("model_kwargs", {})}
+        for piece in self.local.stream(to_chat_turns(messages), settings, **model_kwargs):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        text = "".join(c.text for c in self._stream(messages, stop, run_manager, **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real local model and the real embedder, loaded once per test session.
+
+The hub is forced offline for the whole run; every model comes from a package on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    """Where the converted default model lives for tests (kept between runs; converted on first use)."""
+    return Path(os.environ.get("PLLM_TEST_MODEL_CACHE", REPO / ".pllm-test-cache" / "models"))
+
+
+@pytest.fixture(scope="session")
+def local_model(model_cache_dir: Path):  # -> editing.LocalModel
+    """The real default chat model (SmolLM2-135M-Instruct), loaded once."""
+    from editing import LocalModel, RuntimeConfig
+
+    return LocalModel.load(RuntimeConfig(cache_dir=model_cache_dir))
+
+
+@pytest.fixture(scope="session")
+def embedder():  # -> memory.MiniLMEmbedder
+    """The real packaged all-MiniLM-L6-v2, loaded once."""
+    from memory import MiniLMEmbedder
+
+    emb = MiniLMEmbedder()
+    emb.embed(["warm-up"])
+    return emb

@@ -1,0 +1,39 @@
+"""Importing pllm's packages opens no socket and writes no file (checked with audit hooks in a fresh process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    events = []
+    def hook(event, args):
+        if event.startswith("socket.") and event not in ("socket.gethostname", "socket.__new__"):
+            events.append([event, repr(args)[:200]])
+        elif event == "open":
+            path, mode, flags = args
+            import os
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writing:
+                events.append([event, repr(path)])
+        elif event in ("os.mkdir", "os.remove", "os.rename", "shutil.rmtree", "subprocess.Popen", "os.system"):
+            events.append([event, repr(args)[:200]])
+    sys.addaudithook(hook)
+    import memory, editing, agent
+    sys.stdout.write(json.dumps(events))
+    """
+)
+
+
+def test_importing_the_packages_does_no_io(tmp_path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = json.loads(out.stdout.strip().splitlines()[-1])
+    assert events == [], f"import did I/O: {events[:10]}"
+    assert list(tmp_path.iterdir()) == [], "import wrote into HOME"
