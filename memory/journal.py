@@ -1,0 +1,76 @@
+"""A small write-ahead journal that keeps Chroma and SQLite in agreement across crashes.
+
+A turn writes to two systems: SQLite (episodes + the graph event log — the truth) and Chroma (the
+search index). Before touching Chroma, the turn's intent (the ids it will write and the facts it will
+mark superseded) is committed to this journal, kept in its own SQLite file so it never waits on the
+main database's write lock. After the main transaction commits, the entry is removed. An entry that
+is still present at start-up belongs to a turn that was interrupted: if its episode row committed,
+the Chroma writes are redone; if not, they are undone.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Intent", "Journal"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    turn_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    episode_ids TEXT NOT NULL,
+    item_ids TEXT NOT NULL,
+    superseded_fact_ids TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What one turn is about to write to Chroma."""
+
+    turn_id: str
+    user_id: str
+    episode_ids: tuple[str, ...]
+    item_ids: tuple[str, ...]
+    superseded_fact_ids: tuple[str, ...]
+
+
+class Journal:
+    """Durable list of in-flight turns (autocommit SQLite; one row per turn)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # an intent must survive a power cut
+        self._conn.executescript(_SCHEMA)
+
+    def begin(self, intent: Intent) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
+                (intent.turn_id, intent.user_id, json.dumps(intent.episode_ids), json.dumps(intent.item_ids),
+                 json.dumps(intent.superseded_fact_ids)),
+            )
+
+    def done(self, turn_id: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM pending WHERE turn_id = ?", (turn_id,))
+
+    def pending(self) -> list[Intent]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM pending").fetchall()
+        return [Intent(r[0], r[1], tuple(json.loads(r[2])), tuple(json.loads(r[3])), tuple(json.loads(r[4]))) for r in rows]
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM pending WHERE user_id = ?", (user_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,344 @@
+"""The memory facade: one object that remembers turns and recalls what a prompt needs.
+
+``Memory`` composes the episodic and semantic Chroma stores, the knowledge graph (SQLite event log +
+networkx), the extractor, the BM25 index, the retriever and the drift monitor. Per turn:
+
+``remember``: validate → extract → embed → one SQLite transaction (episode row + graph events) around
+the Chroma writes, with a journal entry so a crash at any point leaves both sides in agreement →
+change events. ``recall``: hybrid retrieval, then the recalled episodes get stronger (recall count,
+last recalled).
+
+Invariants: every read and write is scoped to one user; a failed turn leaves nothing behind; the
+graph log is append-only except for ``forget``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from memory.clock import Clock, SystemClock, to_utc
+from memory.config import MemoryConfig
+from memory.embeddings import Embedder, MiniLMEmbedder
+from memory.errors import InvalidInput, PllmMemoryError, StoreError
+from memory.journal import Intent, Journal
+from memory.records import (
+    ChangeEvent,
+    Episode,
+    Fact,
+    FactAdded,
+    FactRetracted,
+    FactSuperseded,
+    Role,
+)
+from memory.validation import check_user_id, clean_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memory.extraction import Extractor
+    from memory.graph import HistoryEntry, KnowledgeGraph
+    from memory.retrieval import Recollection
+    from memory.stores import EpisodicStore, MemoryItem, SemanticStore
+
+__all__ = ["Memory", "Remembered"]
+
+log = logging.getLogger(__name__)
+
+_EPISODES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS episodes (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    importance REAL NOT NULL,
+    in_index INTEGER NOT NULL DEFAULT 1  -- 0 once evicted from the search index (kept as evidence of a fact)
+);
+CREATE INDEX IF NOT EXISTS episodes_by_user ON episodes (user_id, at);
+"""
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What one ``remember`` call stored and changed."""
+
+    episode: Episode
+    events: tuple[ChangeEvent, ...]
+
+
+def item_id_for(fact_id: str) -> str:
+    """The semantic-store id of the item that indexes a graph fact."""
+    return f"mi_{fact_id}"
+
+
+class Memory:
+    """Lifelong memory for many users: Chroma (episodes, facts, summaries) + a knowledge graph."""
+
+    def __init__(self, config: MemoryConfig, *, embedder: Embedder | None = None,
+                 extractor: "Extractor | None" = None, clock: Clock | None = None, client: Any = None) -> None:
+        from memory.bm25 import BM25Index
+        from memory.chroma_backend import collection_name, make_chroma_client
+        from memory.drift import DriftMonitor
+        from memory.extraction import PatternExtractor
+        from memory.graph import KnowledgeGraph
+        from memory.retrieval import HybridRetriever
+        from memory.stores import EpisodicStore, SemanticStore
+
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.embedder: Embedder = embedder or MiniLMEmbedder()
+        self.extractor: Extractor = extractor or PatternExtractor()
+        config.home.mkdir(parents=True, exist_ok=True)
+        self._client = client if client is not None else make_chroma_client(config)
+        self.episodic: EpisodicStore = EpisodicStore(self._client, self.embedder, name=collection_name(config, "episodes"))
+        self.semantic: SemanticStore = SemanticStore(self._client, self.embedder, name=collection_name(config, "semantic"))
+        self.graph: KnowledgeGraph = KnowledgeGraph(config.sqlite_path, self.clock)
+        self._db = sqlite3.connect(str(config.sqlite_path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # forget() must not leave text in free pages
+        self._db.executescript(_EPISODES_SCHEMA)
+        self._journal = Journal(config.home / "journal.sqlite")
+        self._write_lock = threading.RLock()
+        self.bm25 = BM25Index()
+        self.drift = DriftMonitor(self.clock)
+        self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
+                                         self.clock, config)
+        self._recover()
+
+    # ----------------------------------------------------------------------------------- writing
+
+    def remember(self, user_id: str, text: str, *, role: Role = "user", session_id: str = "default",
+                 at: datetime | None = None, importance: float = 0.5) -> Remembered:
+        """Store one turn and update the user's knowledge graph; return the change events.
+
+        Raises ``InvalidInput`` (nothing stored) for bad text, ids, roles or times; ``StoreError`` if a
+        backing store fails (the turn is rolled back on both sides).
+        """
+        user_id = check_user_id(user_id)
+        session_id = check_user_id(session_id, name="session_id")
+        text = clean_text(text)
+        if at is not None and not isinstance(at, datetime):
+            raise InvalidInput(f"at must be a datetime, got {type(at).__name__}")
+        now = self.clock.now()
+        try:
+            episode = Episode(user_id=user_id, session_id=session_id, role=role, text=text,
+                              at=to_utc(at) if at else now, recorded_at=now, importance=importance)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(str(exc)) from exc
+        candidates = self.extractor.extract(text, role=role) if role == "user" else []
+        vector = self.embedder.embed([text])  # (1, dim)
+        with self._write_lock:
+            events = self._commit_turn(episode, candidates, vector)
+        self.retriever.index([episode])
+        if role == "user":
+            events = events + list(self.drift.observe(user_id, text))
+        self._enforce_cap(user_id)
+        return Remembered(episode=episode, events=tuple(events))
+
+    def _commit_turn(self, episode: Episode, candidates: Sequence[Any], vector: Any) -> list[ChangeEvent]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        intent: Intent | None = None
+        try:
+            db.execute("INSERT INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)", _episode_row(episode))
+            events = self.graph.apply(episode.user_id, candidates, episode_id=episode.id, at=episode.at,
+                                      conn=db) if candidates else []
+            items, superseded = _semantic_changes(episode.user_id, events)
+            intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded))
+            self._journal.begin(intent)
+            self.episodic.add([episode], vector)
+            if items:
+                self.semantic.add(items, self.embedder.embed([i.text for i in items]))
+            if superseded:
+                self.semantic.mark_superseded(episode.user_id, superseded)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            self.graph.invalidate(episode.user_id)
+            if intent is not None:
+                self._undo(intent)
+                self._journal.done(intent.turn_id)
+            if isinstance(exc, PllmMemoryError) or not isinstance(exc, Exception):
+                raise
+            raise StoreError(f"storing the turn failed and was rolled back: {exc}") from exc
+        self._journal.done(intent.turn_id)
+        return events
+
+    def _undo(self, intent: Intent) -> None:
+        """Remove what an uncommitted turn may have written to Chroma (idempotent)."""
+        try:
+            self.episodic.delete(intent.user_id, list(intent.episode_ids))
+            self.semantic.delete(intent.user_id, list(intent.item_ids))
+            if intent.superseded_fact_ids:
+                self.semantic.mark_current(intent.user_id, list(intent.superseded_fact_ids))
+        except PllmMemoryError:
+            log.exception("could not undo turn %s in Chroma; it stays in the journal", intent.turn_id)
+            raise
+
+    def _redo(self, intent: Intent) -> None:
+        """Re-apply a committed turn's Chroma writes from the SQLite truth (idempotent upserts)."""
+        episodes = self._episodes_by_id(intent.user_id, intent.episode_ids)
+        if episodes:
+            self.episodic.add(episodes, self.embedder.embed([e.text for e in episodes]))
+        facts = [self.graph.get(intent.user_id, i.removeprefix("mi_")) for i in intent.item_ids]
+        items = [_item_for(f) for f in facts if f is not None]
+        if items:
+            self.semantic.add(items, self.embedder.embed([i.text for i in items]))
+        if intent.superseded_fact_ids:
+            self.semantic.mark_superseded(intent.user_id, list(intent.superseded_fact_ids))
+
+    def _recover(self) -> None:
+        """Finish or roll back turns that a crash interrupted (see :mod:`memory.journal`)."""
+        for intent in self._journal.pending():
+            committed = self._db.execute("SELECT 1 FROM episodes WHERE id = ?", (intent.turn_id,)).fetchone()
+            log.warning("recovering interrupted turn %s of %s (%s)", intent.turn_id, intent.user_id,
+                        "redo" if committed else "undo")
+            (self._redo if committed else self._undo)(intent)
+            self._journal.done(intent.turn_id)
+
+    # ----------------------------------------------------------------------------------- reading
+
+    def recall(self, user_id: str, query: str, *, k: int | None = None, k_facts: int | None = None,
+               include_superseded: bool = False, as_of: datetime | None = None) -> "Recollection":
+        """What a prompt needs for ``query``: the profile, relevant facts/preferences and episodes."""
+        user_id = check_user_id(user_id)
+        query = clean_text(query, name="query")
+        rec = self.retriever.retrieve(user_id, query, k_episodes=k or self.config.recall_k,
+                                      k_facts=k_facts or self.config.fact_k,
+                                      include_superseded=include_superseded, as_of=as_of)
+        # Each recall makes a memory more stable (the forgetting curve flattens with rehearsal).
+        self.retriever.mark_recalled(user_id, rec.episode_ids)
+        return rec
+
+    def profile(self, user_id: str) -> list[Fact]:
+        """The user's current facts and preferences."""
+        return self.graph.facts(check_user_id(user_id))
+
+    def facts(self, user_id: str, *, as_of: datetime | None = None, include_superseded: bool = False,
+              **filters: Any) -> list[Fact]:
+        """Facts of the user's graph, as of now by default (see ``KnowledgeGraph.facts``)."""
+        return self.graph.facts(check_user_id(user_id), as_of=as_of, include_superseded=include_superseded, **filters)
+
+    def history(self, user_id: str, subject: str, relation: str, *, category: str | None = None) -> list["HistoryEntry"]:
+        """The timeline of one slot, each change with its evidence episode."""
+        return self.graph.history(check_user_id(user_id), subject, relation, category=category)
+
+    def episodes(self, user_id: str, *, session_id: str | None = None) -> list[Episode]:
+        """The user's stored episodes, oldest first (from the SQLite record of truth)."""
+        sql, args = "SELECT * FROM episodes WHERE user_id = ?", [check_user_id(user_id)]
+        if session_id is not None:
+            sql, args = sql + " AND session_id = ?", args + [session_id]
+        return [_episode_from_row(r) for r in self._db.execute(sql + " ORDER BY at", args).fetchall()]
+
+    def indexed_count(self, user_id: str) -> int:
+        """How many of the user's episodes are in the search index (what the cap limits)."""
+        row = self._db.execute("SELECT COUNT(*) FROM episodes WHERE user_id = ? AND in_index = 1", (user_id,)).fetchone()
+        return int(row[0])
+
+    def _episodes_by_id(self, user_id: str, ids: Sequence[str]) -> list[Episode]:
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(f"SELECT * FROM episodes WHERE user_id = ? AND id IN ({marks})", [user_id, *ids])
+        return [_episode_from_row(r) for r in rows.fetchall()]
+
+    def users(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT user_id FROM episodes").fetchall()
+        return sorted({r[0] for r in rows} | set(self.graph.users()))
+
+    def has_user(self, user_id: str) -> bool:
+        return user_id in self.users()
+
+    # ------------------------------------------------------------------------- consolidation
+
+    def _enforce_cap(self, user_id: str) -> None:
+        from memory.consolidation import enforce_cap
+
+        enforce_cap(self, user_id)
+
+    def consolidate(self, user_id: str, *, older_than_days: float = 7.0) -> Any:
+        """Summarize old sessions into the semantic store and apply the episode cap."""
+        from memory.consolidation import consolidate
+
+        return consolidate(self, check_user_id(user_id), older_than_days=older_than_days)
+
+    # -------------------------------------------------------------------------------- privacy
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about ``user_id`` as one JSON-ready document (see :mod:`memory.portability`)."""
+        from memory.portability import export_user
+
+        return export_user(self, check_user_id(user_id))
+
+    def import_(self, document: dict[str, Any], *, user_id: str | None = None) -> int:
+        """Load an ``export`` document (optionally under another user id); returns episodes imported."""
+        from memory.portability import import_user
+
+        return import_user(self, document, user_id=user_id)
+
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Remove everything stored about ``user_id`` (a no-op returning zeros for an unknown user)."""
+        user_id = check_user_id(user_id)
+        with self._write_lock:
+            removed = {"episodes_index": self.episodic.delete_user(user_id),
+                       "semantic_items": self.semantic.delete_user(user_id)}
+            cur = self._db.execute("DELETE FROM episodes WHERE user_id = ?", (user_id,))
+            removed["episodes"] = cur.rowcount
+            removed["graph_events"] = self.graph.forget(user_id)
+            self._journal.forget(user_id)
+            self.retriever.drop_user(user_id)
+            self.drift.reset(user_id)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+    def close(self) -> None:
+        self.graph.close()
+        self._journal.close()
+        self._db.close()
+
+    def __enter__(self) -> "Memory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _episode_row(e: Episode) -> tuple[Any, ...]:
+    return (e.id, e.user_id, e.session_id, e.role, e.text, e.at.isoformat(), e.recorded_at.isoformat(), e.importance)
+
+
+def _episode_from_row(r: Sequence[Any]) -> Episode:
+    return Episode(id=r[0], user_id=r[1], session_id=r[2], role=r[3], text=r[4], at=datetime.fromisoformat(r[5]),
+                   recorded_at=datetime.fromisoformat(r[6]), importance=float(r[7]))
+
+
+def _item_for(fact: Fact) -> "MemoryItem":
+    from memory.stores import MemoryItem
+
+    return MemoryItem(id=item_id_for(fact.id), user_id=fact.user_id, kind=fact.kind, text=fact.text(),
+                      at=fact.valid_from, source_episode_ids=fact.source_episode_ids, fact_id=fact.id,
+                      current=fact.current)
+
+
+def _semantic_changes(user_id: str, events: Sequence[ChangeEvent]) -> tuple[list["MemoryItem"], list[str]]:
+    """New semantic items and the fact ids whose items are no longer current, for a turn's events."""
+    items: list[MemoryItem] = []
+    superseded: list[str] = []
+    for ev in events:
+        if isinstance(ev, FactAdded):
+            items.append(_item_for(ev.fact))
+        elif isinstance(ev, FactSuperseded):
+            items.append(_item_for(ev.new))
+            superseded.append(ev.old.id)
+        elif isinstance(ev, FactRetracted):
+            superseded.append(ev.fact.id)
+    return items, superseded
+
+
