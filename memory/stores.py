@@ -1,0 +1,501 @@
+"""Episodic and semantic memory in Chroma, one collection each, every operation scoped to a user.
+
+Invariants:
+
+* **Isolation** — every read, query, update and delete carries a ``user_id`` condition; an id that
+  belongs to another user is invisible (reads) or refused (writes). No API returns another user's data.
+* **Exact round trip** — ``get`` returns the records that were added (``Episode`` in == ``Episode`` out,
+  aware UTC times, to the microsecond). Times are kept twice in metadata: ``at`` as float epoch seconds for
+  ``$gte``/``$lte`` filters and ``at_us`` as integer microseconds for exact reconstruction.
+* **Chroma-legal metadata** — only ``str | int | float | bool`` values; tuples travel as JSON strings.
+* **Our vectors only** — every write passes vectors (given or computed by the injected embedder); Chroma
+  never embeds anything itself, and the collection's embedding function is ours (see ``chroma_backend``).
+
+Similarity in :class:`Hit` is cosine similarity, ``1 - cosine distance``, in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+
+import numpy as np
+
+from memory.chroma_backend import chroma_errors, open_collection
+from memory.clock import to_utc
+from memory.embeddings import Embedder
+from memory.errors import InvalidInput
+from memory.records import Episode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chromadb.api import ClientAPI
+
+__all__ = ["Hit", "MemoryItem", "MemoryKind", "EpisodicStore", "SemanticStore"]
+
+MemoryKind = Literal["fact", "preference", "summary"]
+_KINDS: tuple[str, ...] = get_args(MemoryKind)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SCALARS = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One dense-search result."""
+
+    id: str
+    text: str
+    similarity: float  # cosine similarity in [-1, 1] (1 - cosine distance)
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    """A document of the semantic store: a fact, a preference or a summary of past sessions."""
+
+    id: str
+    user_id: str
+    kind: MemoryKind
+    text: str
+    at: datetime  # event time it refers to (facts: valid_from; summaries: end of the summarized span)
+    source_episode_ids: tuple[str, ...] = ()
+    fact_id: str | None = None  # for fact/preference items: the graph Fact.id
+    current: bool = True  # False once the fact is superseded/retracted (kept, filtered out by default)
+
+    def __post_init__(self) -> None:
+        for name in ("id", "user_id", "text"):
+            _check_str(name, getattr(self, name))
+        if self.kind not in _KINDS:
+            raise InvalidInput(f"MemoryItem.kind must be one of {_KINDS}, got {self.kind!r}")
+        if not isinstance(self.at, datetime):
+            raise InvalidInput(f"MemoryItem.at must be a datetime, got {type(self.at).__name__}")
+        object.__setattr__(self, "at", to_utc(self.at))
+        if isinstance(self.source_episode_ids, str):
+            raise InvalidInput("MemoryItem.source_episode_ids must be a sequence of ids, not one string")
+        object.__setattr__(self, "source_episode_ids", tuple(self.source_episode_ids))
+        if self.fact_id is not None:
+            _check_str("fact_id", self.fact_id)
+        if not isinstance(self.current, bool):
+            raise InvalidInput(f"MemoryItem.current must be a bool, got {type(self.current).__name__}")
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _check_str(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _time_fields(name: str, when: datetime) -> dict[str, float | int]:
+    """``{name: epoch seconds (float, for filters), name_us: epoch microseconds (int, exact)}``."""
+    delta = to_utc(when) - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return {name: micros / 1e6, f"{name}_us": micros}
+
+
+def _read_time(meta: Mapping[str, Any], name: str) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(meta[f"{name}_us"]))
+
+
+def _where_value(value: Any) -> Any:
+    """Datetimes in a ``where`` filter become epoch seconds, matching how times are stored."""
+    if isinstance(value, datetime):
+        return _time_fields("t", value)["t"]
+    if isinstance(value, Mapping):
+        return {k: _where_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_where_value(v) for v in value]
+    return value
+
+
+def _and(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    # Chroma's $and needs at least two operands.
+    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+# -------------------------------------------------------------------------------- base class
+
+
+class _UserScopedCollection:
+    """A Chroma collection in which every record has a ``user_id`` and every operation is scoped to one.
+
+    Subclasses say how a record becomes (id, document, metadata) and back.
+    """
+
+    # metadata keys a caller may not rewrite through update_metadata (they define the record)
+    _PROTECTED: ClassVar[frozenset[str]] = frozenset({"user_id"})
+    # metadata keys that survive a re-add of the same id (usage statistics, not content)
+    _PRESERVED_ON_READD: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, client: "ClientAPI", embedder: Embedder, *, name: str) -> None:
+        self._embedder = embedder
+        self._collection = open_collection(client, name, embedder)
+        with chroma_errors("read the server's maximum batch size"):
+            self._max_batch = int(client.get_max_batch_size())
+
+    @property
+    def name(self) -> str:
+        """The Chroma collection's name."""
+        return str(self._collection.name)
+
+    # ---------------------------------------------------------------- scoping and validation
+
+    @staticmethod
+    def _scope(user_id: str, *conditions: Mapping[str, Any] | None) -> dict[str, Any]:
+        _check_str("user_id", user_id)
+        parts: list[dict[str, Any]] = [{"user_id": user_id}]
+        for condition in conditions:
+            if condition is None:
+                continue
+            if not isinstance(condition, Mapping) or not condition:
+                raise InvalidInput(f"where must be a non-empty mapping in Chroma's filter syntax, got {condition!r}")
+            parts.append(dict(_where_value(condition)))
+        return _and(parts)
+
+    def _vectors_for(self, texts: Sequence[str], vectors: np.ndarray | None) -> np.ndarray:
+        """``(n, dim)`` float32 rows: the given ``vectors`` checked, or ``texts`` embedded."""
+        if vectors is None:
+            return self._embedder.embed(list(texts))
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.shape != (len(texts), self._embedder.dim):
+            raise InvalidInput(
+                f"vectors must have shape ({len(texts)}, {self._embedder.dim}) — one row per record — "
+                f"got {array.shape}"
+            )
+        return array
+
+    def _query_vector(self, vector: np.ndarray) -> list[float]:
+        array = np.asarray(vector, dtype=np.float32).reshape(-1)  # (dim,) from (dim,) or (1, dim)
+        if array.shape != (self._embedder.dim,) or not np.isfinite(array).all():
+            raise InvalidInput(
+                f"query vector must be {self._embedder.dim} finite numbers, got shape {np.shape(vector)}"
+            )
+        return array.tolist()
+
+    # ---------------------------------------------------------------------------- writes
+
+    def _upsert(
+        self, ids: list[str], texts: list[str], metadatas: list[dict[str, Any]], vectors: np.ndarray | None
+    ) -> None:
+        """Insert or replace records by id; refuses ids that belong to another user (nothing written)."""
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise InvalidInput(f"the same id appears twice in one add: {dupes[:5]}; add each record once")
+        rows = self._vectors_for(texts, vectors)
+        existing = self._existing_metadata(ids)
+        for record_id, meta in zip(ids, metadatas):
+            old = existing.get(record_id)
+            if old is None:
+                continue
+            if old.get("user_id") != meta["user_id"]:
+                raise InvalidInput(f"id {record_id!r} already belongs to another user; give the record a fresh id")
+            meta.update({k: old[k] for k in self._PRESERVED_ON_READD if k in old})
+        for start in range(0, len(ids), self._max_batch):
+            stop = start + self._max_batch
+            with chroma_errors(f"write {len(ids[start:stop])} records to {self.name}"):
+                self._collection.upsert(
+                    ids=ids[start:stop],
+                    documents=texts[start:stop],
+                    metadatas=metadatas[start:stop],  # type: ignore[arg-type]
+                    embeddings=rows[start:stop],  # type: ignore[arg-type]
+                )
+
+    def _existing_metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Metadata of whichever ``ids`` exist, whoever owns them (for the ownership check only)."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), self._max_batch):
+            with chroma_errors(f"read {self.name}"):
+                got = self._collection.get(ids=ids[start : start + self._max_batch], include=["metadatas"])
+            found.update({i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [])})
+        return found
+
+    def _merge_metadata(self, user_id: str, updates: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge ``updates[id]`` into each record's metadata. All ids must be the user's; checked first."""
+        if not isinstance(updates, Mapping):
+            raise InvalidInput(f"updates must map record ids to metadata changes, got {type(updates).__name__}")
+        if not updates:
+            return
+        for record_id, changes in updates.items():
+            self._check_changes(record_id, changes)
+        current = self.metadata(user_id, list(updates))
+        missing = [i for i in updates if i not in current]
+        if missing:
+            raise InvalidInput(f"no record of user {user_id!r} has id(s) {missing[:5]}; nothing was updated")
+        ids = list(updates)
+        merged = [{**current[i], **dict(updates[i])} for i in ids]
+        for start in range(0, len(ids), self._max_batch):
+            stop = start + self._max_batch
+            with chroma_errors(f"update metadata in {self.name}"):
+                self._collection.update(ids=ids[start:stop], metadatas=merged[start:stop])  # type: ignore[arg-type]
+
+    def _check_changes(self, record_id: str, changes: Mapping[str, Any]) -> None:
+        if not isinstance(changes, Mapping):
+            raise InvalidInput(f"updates[{record_id!r}] must be a mapping of metadata keys to values")
+        for key, value in changes.items():
+            if key in self._PROTECTED or key.endswith("_us"):
+                raise InvalidInput(f"metadata key {key!r} defines the record and cannot be updated; re-add the record")
+            if not isinstance(value, _SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+                raise InvalidInput(f"metadata {key!r} must be a finite str, int, float or bool, got {value!r}")
+
+    # ----------------------------------------------------------------------------- reads
+
+    def _get(
+        self, user_id: str, ids: Sequence[str] | None = None, where: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(id, document, metadata)`` of the user's records (optionally only ``ids``), unordered."""
+        scope = self._scope(user_id, where)
+        if ids is not None:
+            if isinstance(ids, str):
+                raise InvalidInput("ids must be a sequence of ids, not one string")
+            if len(ids) == 0:
+                return []
+        with chroma_errors(f"read {self.name}"):
+            got = self._collection.get(
+                ids=list(ids) if ids is not None else None, where=scope, include=["documents", "metadatas"]
+            )
+        docs = got["documents"] or []
+        metas = got["metadatas"] or []
+        return [(i, d or "", dict(m or {})) for i, d, m in zip(got["ids"], docs, metas)]
+
+    def _search(self, user_id: str, vector: np.ndarray, k: int, where: dict[str, Any]) -> list[Hit]:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidInput(f"k must be a positive int, got {k!r}")
+        query = self._query_vector(vector)
+        # Chroma 1.5 returns only what matches when fewer than k records do (checked embedded and server).
+        with chroma_errors(f"query {self.name}"):
+            got = self._collection.query(
+                query_embeddings=[query],  # type: ignore[arg-type]
+                n_results=k,
+                where=where,
+                include=["documents", "metadatas", "distances"],
+            )
+        ids = got["ids"][0]
+        docs = (got["documents"] or [[]])[0]
+        metas = (got["metadatas"] or [[]])[0]
+        dists = (got["distances"] or [[]])[0]
+        return [
+            Hit(id=i, text=d or "", similarity=1.0 - float(dist), metadata=self._public_metadata(dict(m or {})))
+            for i, d, m, dist in zip(ids, docs, metas, dists)
+        ]
+
+    def _public_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Metadata as callers see it in a :class:`Hit` (subclasses decode JSON fields)."""
+        return meta
+
+    # ------------------------------------------------------------------ shared public API
+
+    def metadata(self, user_id: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored metadata by id, for those ``ids`` that are the user's (others are absent)."""
+        return {i: meta for i, _, meta in self._get(user_id, ids)}
+
+    def ids(self, user_id: str) -> list[str]:
+        """All record ids of the user, sorted."""
+        _check_str("user_id", user_id)
+        with chroma_errors(f"read {self.name}"):
+            got = self._collection.get(where={"user_id": user_id}, include=[])
+        return sorted(got["ids"])
+
+    def count(self, user_id: str) -> int:
+        """How many records the user has."""
+        return len(self.ids(user_id))
+
+    def delete(self, user_id: str, ids: Sequence[str]) -> None:
+        """Delete those ``ids`` that are the user's; ids of other users are left alone."""
+        owned = list(self.metadata(user_id, ids))
+        self._delete_ids(owned)
+
+    def delete_user(self, user_id: str) -> int:
+        """Delete every record of the user; returns how many were deleted."""
+        owned = self.ids(user_id)
+        self._delete_ids(owned)
+        return len(owned)
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        for start in range(0, len(ids), self._max_batch):
+            with chroma_errors(f"delete from {self.name}"):
+                self._collection.delete(ids=ids[start : start + self._max_batch])
+
+
+# --------------------------------------------------------------------------------- episodes
+
+
+class EpisodicStore(_UserScopedCollection):
+    """Every turn of every user, with ``user_id``/``session_id``/time and usage statistics in metadata.
+
+    Metadata per episode: ``user_id, session_id, role, at, recorded_at`` (float epoch seconds, plus exact
+    ``*_us`` integers), ``importance``, ``recall_count`` (starts at 0) and ``last_recalled`` (epoch seconds,
+    starts at ``at``). Re-adding an episode keeps its ``recall_count`` and ``last_recalled``.
+    """
+
+    _PROTECTED = frozenset({"user_id", "session_id", "role", "at", "recorded_at"})
+    _PRESERVED_ON_READD = ("recall_count", "last_recalled")
+
+    def add(self, episodes: Sequence[Episode], vectors: np.ndarray | None = None) -> None:
+        """Upsert ``episodes`` by id (idempotent). ``vectors``: precomputed ``(n, dim)`` rows, or None to embed."""
+        episodes = list(episodes)
+        for episode in episodes:
+            if not isinstance(episode, Episode):
+                raise InvalidInput(f"EpisodicStore.add takes Episode records, got {type(episode).__name__}")
+        if not episodes:
+            return
+        self._upsert(
+            [e.id for e in episodes], [e.text for e in episodes], [self._to_metadata(e) for e in episodes], vectors
+        )
+
+    @staticmethod
+    def _to_metadata(episode: Episode) -> dict[str, Any]:
+        at = _time_fields("at", episode.at)
+        return {
+            "user_id": episode.user_id,
+            "session_id": episode.session_id,
+            "role": episode.role,
+            **at,
+            **_time_fields("recorded_at", episode.recorded_at),
+            "importance": float(episode.importance),
+            "recall_count": 0,
+            "last_recalled": at["at"],
+        }
+
+    @staticmethod
+    def _to_episode(record_id: str, text: str, meta: Mapping[str, Any]) -> Episode:
+        return Episode(
+            user_id=meta["user_id"],
+            session_id=meta["session_id"],
+            role=meta["role"],
+            text=text,
+            at=_read_time(meta, "at"),
+            recorded_at=_read_time(meta, "recorded_at"),
+            id=record_id,
+            importance=float(meta["importance"]),
+        )
+
+    def query(self, user_id: str, vector: np.ndarray, k: int, *, where: Mapping[str, Any] | None = None) -> list[Hit]:
+        """The user's ``k`` episodes nearest to ``vector`` (best first), optionally filtered by ``where``
+        (Chroma syntax; datetimes allowed, e.g. ``{"at": {"$gte": t}}``). Unknown user → ``[]``."""
+        return self._search(user_id, vector, k, self._scope(user_id, where))
+
+    def get(self, user_id: str, ids: Sequence[str] | None = None, *, limit: int | None = None) -> list[Episode]:
+        """The user's episodes (all, or those of ``ids`` that are theirs), sorted by ``at`` ascending.
+
+        ``limit`` keeps the most recent ``limit`` of them (still returned oldest first).
+        """
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InvalidInput(f"limit must be a positive int or None, got {limit!r}")
+        episodes = sorted(
+            (self._to_episode(i, d, m) for i, d, m in self._get(user_id, ids)),
+            key=lambda e: (e.at, e.recorded_at, e.id),
+        )
+        return episodes[-limit:] if limit is not None else episodes
+
+    def update_metadata(self, user_id: str, updates: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge keys into episodes' metadata (e.g. ``recall_count``, ``last_recalled``, ``importance``).
+
+        Every id must be one of the user's episodes and every value a finite scalar, or nothing is written.
+        Identity keys (user, session, role, times) cannot be changed.
+        """
+        for record_id, changes in (updates.items() if isinstance(updates, Mapping) else ()):
+            importance = changes.get("importance") if isinstance(changes, Mapping) else None
+            if importance is not None and not (isinstance(importance, (int, float)) and 0.0 <= importance <= 1.0):
+                raise InvalidInput(f"importance of {record_id!r} must be within [0, 1], got {importance!r}")
+        self._merge_metadata(user_id, updates)
+
+
+# ------------------------------------------------------------------------------- semantic
+
+
+class SemanticStore(_UserScopedCollection):
+    """Facts, preferences and summaries of each user, each pointing back to its source episodes.
+
+    Superseded or retracted facts stay stored with ``current=False`` and are hidden from queries unless
+    ``include_superseded=True``.
+    """
+
+    _PROTECTED = frozenset({"user_id", "kind", "at", "fact_id", "source_episode_ids"})
+
+    def add(self, items: Sequence[MemoryItem], vectors: np.ndarray | None = None) -> None:
+        """Upsert ``items`` by id (idempotent). ``vectors``: precomputed ``(n, dim)`` rows, or None to embed."""
+        items = list(items)
+        for item in items:
+            if not isinstance(item, MemoryItem):
+                raise InvalidInput(f"SemanticStore.add takes MemoryItem records, got {type(item).__name__}")
+        if not items:
+            return
+        self._upsert([i.id for i in items], [i.text for i in items], [self._to_metadata(i) for i in items], vectors)
+
+    @staticmethod
+    def _to_metadata(item: MemoryItem) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "user_id": item.user_id,
+            "kind": item.kind,
+            **_time_fields("at", item.at),
+            "source_episode_ids": json.dumps(list(item.source_episode_ids)),
+            "current": item.current,
+        }
+        if item.fact_id is not None:  # Chroma metadata cannot hold None
+            meta["fact_id"] = item.fact_id
+        return meta
+
+    @staticmethod
+    def _to_item(record_id: str, text: str, meta: Mapping[str, Any]) -> MemoryItem:
+        return MemoryItem(
+            id=record_id,
+            user_id=meta["user_id"],
+            kind=meta["kind"],
+            text=text,
+            at=_read_time(meta, "at"),
+            source_episode_ids=tuple(json.loads(meta.get("source_episode_ids", "[]"))),
+            fact_id=meta.get("fact_id"),
+            current=bool(meta.get("current", True)),
+        )
+
+    def _public_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:
+        meta["source_episode_ids"] = tuple(json.loads(meta.get("source_episode_ids", "[]")))
+        return meta
+
+    def query(
+        self,
+        user_id: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        kinds: Sequence[MemoryKind] | None = None,
+        include_superseded: bool = False,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """The user's ``k`` items nearest to ``vector`` (best first), of ``kinds`` (default all), current
+        ones only unless ``include_superseded``, optionally filtered by ``where``."""
+        conditions: list[Mapping[str, Any] | None] = [where]
+        if kinds is not None:
+            kinds = [kinds] if isinstance(kinds, str) else list(kinds)  # type: ignore[list-item]
+            unknown = [k for k in kinds if k not in _KINDS]
+            if not kinds or unknown:
+                raise InvalidInput(f"kinds must be a non-empty subset of {_KINDS}, got {kinds!r}")
+            conditions.append({"kind": {"$in": list(kinds)}})
+        if not include_superseded:
+            conditions.append({"current": True})
+        return self._search(user_id, vector, k, self._scope(user_id, *conditions))
+
+    def get(self, user_id: str, ids: Sequence[str] | None = None) -> list[MemoryItem]:
+        """The user's items (all, or those of ``ids`` that are theirs), sorted by ``at`` ascending."""
+        items = (self._to_item(i, d, m) for i, d, m in self._get(user_id, ids))
+        return sorted(items, key=lambda item: (item.at, item.id))
+
+    def mark_superseded(self, user_id: str, fact_ids: Sequence[str]) -> None:
+        """Set ``current=False`` on the user's items whose ``fact_id`` is in ``fact_ids`` (others: no-op)."""
+        self._set_current(user_id, fact_ids, False)
+
+    def mark_current(self, user_id: str, fact_ids: Sequence[str]) -> None:
+        """Undo :meth:`mark_superseded`: ``current=True`` again on the user's items with those ``fact_ids``."""
+        self._set_current(user_id, fact_ids, True)
+
+    def _set_current(self, user_id: str, fact_ids: Sequence[str], current: bool) -> None:
+        if isinstance(fact_ids, str):
+            raise InvalidInput("fact_ids must be a sequence of fact ids, not one string")
+        if not fact_ids:
+            return
+        found = self._get(user_id, where={"fact_id": {"$in": list(fact_ids)}})
+        self._merge_metadata(user_id, {record_id: {"current": current} for record_id, _, _ in found})
