@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     postgres_url: str | None = Field(default=None, description="checkpointer DSN; None = SQLite under HOME")
     max_new_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)
+    repetition_penalty: float = Field(default=1.15, gt=0.0, description="> 1 discourages loops in small models")
 
     @field_validator("home", "model_cache", mode="before")
     @classmethod
@@ -50,4 +51,5 @@ class Settings(BaseSettings):
         return MemoryConfig(home=self.home / "memory", chroma_url=self.chroma_url)
 
     def generation(self) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                  repetition_penalty=self.repetition_penalty)
