@@ -1,27 +1,49 @@
-"""Token-by-token decoding with a KV cache, shared by ``generate`` and ``stream``.
+"""Token-by-token decoding with a KV cache, shared by ``LocalModel.generate`` and ``LocalModel.stream``.
 
-Our own loop rather than ``model.generate``: it yields text as it is produced (no streamer thread),
-computes only the last position's logits in prefill, and keeps per-step overhead minimal — per-step
-Python overhead, not FLOPs, dominates a 135M model on CPU.
+Our own loop rather than ``model.generate``: it yields text as it is produced (no streamer thread) and
+computes only the last position's logits in prefill. For a 135M model on CPU, per-step *Python*
+overhead (module calls, decorators, mask building, cache bookkeeping) costs as much as the matmuls, so
+the loop has two step implementations behind one interface:
+
+* :class:`_LlamaStep` — the fast path. One decode step of a plain Llama-architecture model written as
+  straight tensor ops over the model's *own* weight tensors (no copies: in-place weight edits are
+  seen at once) into a preallocated KV buffer. It repeats transformers' operations in the same order,
+  so its logits are bit-identical to the model's forward (the parity test checks greedy tokens against
+  ``model.generate``). It applies only when that is guaranteed: see :meth:`_LlamaStep.unsupported_reason`.
+* :class:`_ModelStep` — the general path: ``model(...)`` with a ``DynamicCache``. Used for everything
+  else (PEFT-wrapped models, extra ``model_kwargs`` such as ``adapter_names``, hooks, other
+  architectures), so nothing is ever silently skipped.
+
+What was tried and what each gave is tabled at the top of ``bench/generate.py``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+
+from editing.errors import InvalidRequest
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["GenerationSettings", "decode_stream", "eos_token_ids"]
+__all__ = ["GenerationSettings", "Decoder", "decode_stream", "eos_token_ids"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Greedy and sampling settings in one place. ``temperature == 0`` means greedy."""
+    """Greedy and sampling settings in one place. ``temperature == 0`` means greedy.
+
+    ``ignore_eos`` keeps generating past end-of-reply tokens (benchmarks that need exactly
+    ``max_new_tokens``); stop strings still apply.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -30,19 +52,25 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if isinstance(self.stop, str):
+            raise InvalidRequest(f"stop must be a sequence of strings, got the single string {self.stop!r}; "
+                                 f"wrap it: stop=({self.stop!r},)")
         object.__setattr__(self, "stop", tuple(self.stop))
+        problems = [
+            (self.max_new_tokens < 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature < 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k < 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
+            (self.repetition_penalty <= 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (not all(isinstance(s, str) and s for s in self.stop),
+             f"stop strings must be non-empty str, got {self.stop!r}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise InvalidRequest(message)
 
     @property
     def greedy(self) -> bool:
@@ -84,54 +112,300 @@ def _processors(settings: GenerationSettings) -> Any:
     return procs
 
 
-@torch.inference_mode()
-def decode_stream(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", input_ids: torch.Tensor,
-                  settings: GenerationSettings, **model_kwargs: Any) -> Iterator[str]:
-    """Yield decoded text deltas for a continuation of ``input_ids`` (shape ``(1, T)``)."""
-    from transformers import DynamicCache
+# ---------------------------------------------------------------------------------------------- text
 
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(f"decode_stream takes one sequence, shape (1, T); got {tuple(input_ids.shape)}")
-    device = input_ids.device
-    processors = _processors(settings)
-    generator = None
-    if not settings.greedy and settings.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(settings.seed)
-    stop_ids = eos_token_ids(model, tokenizer)
-    cache = DynamicCache(config=model.config)
-    seen = input_ids  # (1, T + generated) — the repetition penalty looks at all of it
-    generated: list[int] = []
-    emitted = ""
-    # Prefill: logits of the last position only ((1, 1, V) instead of (1, T, V)).
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
-    for _ in range(settings.max_new_tokens):
-        logits = out.logits[:, -1, :].float()  # (1, V)
+
+class _TextStream:
+    """Incremental detokenization plus stop strings.
+
+    Decoding all generated ids every step costs O(n) per token; instead only a short window is decoded:
+    the text of ``ids[prefix:]`` minus the text of ``ids[prefix:read]`` is the new tail (byte-level BPE
+    decodes concatenatively). A tail ending in U+FFFD is an incomplete UTF-8 character and waits for the
+    next token. Text that could be the start of a stop string is held back until it is known not to be.
+
+    Invariant: the concatenation of everything :meth:`push` and :meth:`finish` return equals
+    ``tokenizer.decode(all_ids, skip_special_tokens=True)`` cut before the first stop string.
+    """
+
+    def __init__(self, tokenizer: "PreTrainedTokenizerBase", stops: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] is the context window decoded again for the next tail
+        self.read = 0
+        self.text = ""  # all committed text
+        self.emitted = 0  # len of text already handed out
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is safe to show now ("" once a stop string was seen)."""
+        if self.stopped:
+            return ""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return self._commit(after[len(before):])
+
+    def finish(self) -> str:
+        """Flush what is held back (an incomplete character or a partial stop string) at the end."""
+        if self.stopped:
+            return ""
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        tail = after[len(before):] if len(after) > len(before) else ""
+        out = self._commit(tail)
+        if self.stopped:
+            return out
+        out += self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out
+
+    def _commit(self, delta: str) -> str:
+        start = max(0, len(self.text) - max((len(s) for s in self.stops), default=0))
+        self.text += delta
+        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if hits:
+            cut = min(hits)
+            out, self.emitted, self.stopped = self.text[self.emitted:cut], cut, True
+            return out
+        safe = len(self.text) - self._held_back()
+        out = self.text[self.emitted:safe]
+        self.emitted = max(self.emitted, safe)
+        return out
+
+    def _held_back(self) -> int:
+        """Length of the longest suffix of the text that is a proper prefix of some stop string."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+class _ModelStep:
+    """General decode step: the model's own forward with a ``DynamicCache`` (any causal LM, PEFT too)."""
+
+    name = "model"
+
+    def __init__(self, model: "PreTrainedModel", cache: Any, model_kwargs: dict[str, Any]) -> None:
+        self.model = model
+        self.cache = cache
+        self.model_kwargs = model_kwargs
+
+    def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
+        """``token`` (1, 1) at absolute ``position`` → next-token logits (1, V)."""
+        out = self.model(input_ids=token, cache=self.cache, use_cache=True, **self.model_kwargs)
+        return out.logits[:, -1, :]
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``LlamaRMSNorm`` op for op (fp32 statistics, result cast back) so the logits stay bit-identical."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass(frozen=True)
+class _LayerRefs:
+    """References (not copies) to one decoder layer's tensors and modules."""
+
+    norm1: Any
+    q: Any
+    k: Any
+    v: Any
+    o: Any
+    norm2: Any
+    gate: Any
+    up: Any
+    down: Any
+    act: Any
+    scaling: float
+
+
+class _LlamaStep:
+    """Fast decode step for a plain ``LlamaForCausalLM`` (SDPA attention, plain ``nn.Linear`` layers).
+
+    Holds a KV buffer ``(layers, 1, kv_heads, capacity, head_dim)`` filled from the prefill cache; each
+    step writes one position and attends over ``[:position + 1]`` — no reallocation, no mask.
+    """
+
+    name = "llama-fast"
+
+    @staticmethod
+    def unsupported_reason(model: Any, model_kwargs: dict[str, Any]) -> str | None:
+        """Why the fast step cannot reproduce ``model``'s forward exactly (``None`` = it can)."""
+        from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaRMSNorm
+
+        if model_kwargs:
+            return f"extra model kwargs {sorted(model_kwargs)}"
+        if not isinstance(model, LlamaForCausalLM):
+            return f"{type(model).__name__} is not a plain LlamaForCausalLM"
+        if model.training:
+            return "model is in training mode"
+        if getattr(model.config, "_attn_implementation", None) != "sdpa":
+            return f"attention implementation {model.config._attn_implementation!r} (fast step mirrors sdpa)"
+        for name, module in model.named_modules():
+            if module._forward_hooks or module._forward_pre_hooks:
+                return f"module {name!r} has hooks"
+            is_leaf = not any(True for _ in module.children())
+            if is_leaf and type(module) not in (torch.nn.Linear, torch.nn.Embedding, LlamaRMSNorm) \
+                    and "rotary" not in name and "act_fn" not in name:
+                return f"module {name!r} is a {type(module).__name__}"
+        return None
+
+    def __init__(self, model: Any, cache: Any, capacity: int) -> None:
+        cfg = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens.weight  # (V, H)
+        self.rotary = inner.rotary_emb
+        self.final_norm = inner.norm
+        self.lm_head = model.lm_head
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.layers = [
+            _LayerRefs(layer.input_layernorm, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                       layer.self_attn.o_proj, layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj,
+                       layer.mlp.down_proj, layer.mlp.act_fn, layer.self_attn.scaling)
+            for layer in inner.layers[: cfg.num_hidden_layers]
+        ]
+        first = cache.layers[0].keys  # (1, kv_heads, T, head_dim)
+        self.head_dim = first.shape[-1]
+        shape = (len(self.layers), 1, self.kv_heads, capacity, self.head_dim)
+        self.keys = torch.empty(shape, dtype=first.dtype, device=first.device)
+        self.values = torch.empty(shape, dtype=first.dtype, device=first.device)
+        prompt_len = first.shape[2]
+        for i, layer_cache in enumerate(cache.layers[: len(self.layers)]):
+            self.keys[i, :, :, :prompt_len] = layer_cache.keys
+            self.values[i, :, :, :prompt_len] = layer_cache.values
+
+    def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
+        """``token`` (1, 1) at absolute ``position`` → next-token logits (1, V)."""
+        x = F.embedding(token, self.embed)  # (1, 1, H)
+        cos, sin = self.rotary(x, torch.tensor([[position]], device=x.device))  # (1, 1, head_dim) each
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, 1, head_dim): broadcast over heads
+        end = position + 1
+        for i, ly in enumerate(self.layers):
+            h = _rms_norm(x, ly.norm1.weight, ly.norm1.variance_epsilon)
+            q = F.linear(h, ly.q.weight, ly.q.bias).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = F.linear(h, ly.k.weight, ly.k.bias).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = F.linear(h, ly.v.weight, ly.v.bias).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin  # (1, heads, 1, head_dim)
+            k = k * cos + _rotate_half(k) * sin  # (1, kv_heads, 1, head_dim)
+            self.keys[i, :, :, position:end] = k
+            self.values[i, :, :, position:end] = v
+            # One query attends to every cached position: no mask; GQA shares each kv head across groups.
+            attn = F.scaled_dot_product_attention(q, self.keys[i, :, :, :end], self.values[i, :, :, :end],
+                                                  scale=ly.scaling, enable_gqa=self.heads != self.kv_heads)
+            attn = attn.transpose(1, 2).reshape(1, 1, -1)  # (1, 1, heads * head_dim)
+            x = x + F.linear(attn, ly.o.weight, ly.o.bias)
+            h = _rms_norm(x, ly.norm2.weight, ly.norm2.variance_epsilon)
+            gate = F.linear(h, ly.gate.weight, ly.gate.bias)
+            x = x + F.linear(ly.act(gate) * F.linear(h, ly.up.weight, ly.up.bias), ly.down.weight, ly.down.bias)
+        h = _rms_norm(x, self.final_norm.weight, self.final_norm.variance_epsilon)
+        return F.linear(h, self.lm_head.weight, self.lm_head.bias)[:, -1, :]  # (1, V)
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+
+class Decoder:
+    """Decoding for one (model, tokenizer) pair.
+
+    ``fast_path=True`` uses :class:`_LlamaStep` whenever it reproduces the model exactly, else the
+    model's own forward; ``fast_path=False`` always uses the model's forward (for comparisons).
+    After a :meth:`stream` ends, :attr:`last_path` names the step it used (``"llama-fast"`` or
+    ``"model"``) and :attr:`last_token_ids` holds the ids it generated (end-of-reply token excluded).
+    """
+
+    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *,
+                 fast_path: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fast_path = fast_path
+        self.last_path: str | None = None
+        self.last_token_ids: list[int] = []
+
+    def _step(self, cache: Any, capacity: int, model_kwargs: dict[str, Any]) -> _LlamaStep | _ModelStep:
+        if self.fast_path:
+            reason = _LlamaStep.unsupported_reason(self.model, model_kwargs)
+            if reason is None:
+                return _LlamaStep(self.model, cache, capacity)
+            log.debug("fast decode step off: %s", reason)
+        return _ModelStep(self.model, cache, model_kwargs)
+
+    @torch.inference_mode()
+    def stream(self, input_ids: torch.Tensor, settings: GenerationSettings, **model_kwargs: Any) -> Iterator[str]:
+        """Yield decoded text deltas for a continuation of ``input_ids`` (shape ``(1, T)``).
+
+        Stops at an end-of-reply token (unless ``settings.ignore_eos``), at a stop string (which is not
+        yielded), or after ``settings.max_new_tokens`` tokens.
+        """
+        from transformers import DynamicCache
+
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+            raise InvalidRequest(f"decoding takes one non-empty sequence, shape (1, T); got {tuple(input_ids.shape)}")
+        device, prompt_len = input_ids.device, input_ids.shape[1]
+        processors = _processors(settings)
+        generator = None
+        if not settings.greedy and settings.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(settings.seed)
+        stop_ids = set() if settings.ignore_eos else eos_token_ids(self.model, self.tokenizer)
+        # Every id so far, for the repetition penalty: (1, T + max_new_tokens), read as seen[:, :n].
+        seen = torch.empty((1, prompt_len + settings.max_new_tokens), dtype=input_ids.dtype, device=device)
+        seen[:, :prompt_len] = input_ids
+        text = _TextStream(self.tokenizer, settings.stop)
+        self.last_token_ids = text.ids  # filled as tokens arrive
+        cache = DynamicCache(config=self.model.config)
+        # Prefill through the model itself: logits of the last position only, (1, 1, V) not (1, T, V).
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
+        logits = out.logits[:, -1, :]  # (1, V)
+        step = self._step(cache, prompt_len + settings.max_new_tokens, model_kwargs)
+        self.last_path = step.name
+        for n in range(settings.max_new_tokens):
+            next_id = self._choose(logits, seen[:, : prompt_len + n], processors, settings, generator)
+            if next_id in stop_ids:
+                break
+            seen[0, prompt_len + n] = next_id
+            delta = text.push(next_id)
+            if delta:
+                yield delta
+            if text.stopped or n + 1 == settings.max_new_tokens:
+                break  # the last token's logits are never needed: skip its forward
+            logits = step(seen[:, prompt_len + n: prompt_len + n + 1], prompt_len + n)
+        tail = text.finish()
+        if tail:
+            yield tail
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, seen: torch.Tensor, processors: Any, settings: GenerationSettings,
+                generator: torch.Generator | None) -> int:
+        """Next token id from ``logits`` (1, V) after repetition penalty / temperature / top-k / top-p."""
+        logits = logits.float()
         if len(processors):
             logits = processors(seen, logits)
         if settings.greedy:
-            next_id = int(torch.argmax(logits, dim=-1))
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            next_id = int(torch.multinomial(probs, 1, generator=generator))
-        if next_id in stop_ids:
-            break
-        generated.append(next_id)
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        # Hold back an incomplete multi-byte character until the next token completes it.
-        if not text.endswith("\ufffd"):
-            stop_at = _first_stop(text, settings.stop)
-            if stop_at is not None:
-                if stop_at > len(emitted):
-                    yield text[len(emitted):stop_at]
-                return
-            if len(text) > len(emitted):
-                yield text[len(emitted):]
-                emitted = text
-        step = torch.tensor([[next_id]], device=device)  # (1, 1)
-        seen = torch.cat([seen, step], dim=1)
-        out = model(input_ids=step, cache=cache, use_cache=True, **model_kwargs)
+            return int(torch.argmax(logits, dim=-1))
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    positions = [text.find(s) for s in stops if s and s in text]
-    return min(positions) if positions else None
+def decode_stream(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", input_ids: torch.Tensor,
+                  settings: GenerationSettings, **model_kwargs: Any) -> Iterator[str]:
+    """Yield decoded text deltas for a continuation of ``input_ids`` (shape ``(1, T)``); see :class:`Decoder`."""
+    return Decoder(model, tokenizer).stream(input_ids, settings, **model_kwargs)
