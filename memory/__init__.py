@@ -1,7 +1,15 @@
 """pllm memory: episodic + semantic memory in Chroma, a bi-temporal per-user knowledge graph, retrieval.
 
-Importing this package does no I/O; stores open when constructed.
+Importing this package does no I/O; stores open when constructed. The names below the records
+(``Memory``, the stores, the graph, extraction, retrieval, drift) are resolved lazily on first access:
+some of the libraries behind them (chromadb, langgraph, langchain-core) probe the network stack or are
+slow to import.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from memory.clock import Clock, ManualClock, SystemClock, to_utc, utc
 from memory.config import MemoryConfig
@@ -17,6 +25,39 @@ from memory.records import (
     PreferenceDrift,
     StyleDrift,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memory.drift import DriftMonitor
+    from memory.extraction import Candidate, Extractor, LLMExtractor, PatternExtractor
+    from memory.graph import GraphEvent, HistoryEntry, KnowledgeGraph
+    from memory.langgraph_store import ChromaStore
+    from memory.relations import DIMENSIONS, RELATIONS
+    from memory.retrieval import HybridRetriever, Recollection, ScoredEpisode, ScoredFact
+    from memory.service import Memory, Remembered
+    from memory.stores import EpisodicStore, MemoryItem, SemanticStore
+
+_LAZY = {
+    "Memory": "memory.service",
+    "Remembered": "memory.service",
+    "KnowledgeGraph": "memory.graph",
+    "GraphEvent": "memory.graph",
+    "HistoryEntry": "memory.graph",
+    "PatternExtractor": "memory.extraction",
+    "LLMExtractor": "memory.extraction",
+    "Candidate": "memory.extraction",
+    "Extractor": "memory.extraction",
+    "DriftMonitor": "memory.drift",
+    "RELATIONS": "memory.relations",
+    "DIMENSIONS": "memory.relations",
+    "Recollection": "memory.retrieval",
+    "ScoredEpisode": "memory.retrieval",
+    "ScoredFact": "memory.retrieval",
+    "HybridRetriever": "memory.retrieval",
+    "EpisodicStore": "memory.stores",
+    "SemanticStore": "memory.stores",
+    "MemoryItem": "memory.stores",
+    "ChromaStore": "memory.langgraph_store",
+}
 
 __all__ = [
     "ChangeEvent",
@@ -43,3 +84,16 @@ __all__ = [
     "to_utc",
     "utc",
 ]
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # resolve once
+        return value
+    raise AttributeError(f"module 'memory' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -42,7 +43,13 @@ class ConsolidationReport:
 
 
 def summary_id(user_id: str, session_id: str) -> str:
-    return f"sum_{user_id}_{session_id}"
+    """A stable id for a session's summary that does not spell out the user or session id.
+
+    Record ids outlive a deletion in Chroma's write-ahead log, so they must not name the user; a
+    hash also keeps ("a_b", "c") and ("a", "b_c") apart.
+    """
+    digest = hashlib.sha256(f"{user_id}\x00{session_id}".encode()).hexdigest()[:32]
+    return f"sum_{digest}"
 
 
 def summarize_session(mem: "Memory", user_id: str, session_id: str, episodes: list[Episode]) -> "MemoryItem":

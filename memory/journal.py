@@ -48,6 +48,7 @@ class Journal:
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # an intent must survive a power cut
+        self._conn.execute("PRAGMA secure_delete=ON")  # forget() leaves no ids of the user in free pages
         self._conn.executescript(_SCHEMA)
 
     def begin(self, intent: Intent) -> None:
@@ -70,6 +71,7 @@ class Journal:
     def forget(self, user_id: str) -> None:
         with self._lock:
             self._conn.execute("DELETE FROM pending WHERE user_id = ?", (user_id,))
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no copy of the rows left in the WAL
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memory.clock import Clock, SystemClock, to_utc
@@ -95,6 +96,7 @@ class Memory:
         self.embedder: Embedder = embedder or MiniLMEmbedder()
         self.extractor: Extractor = extractor or PatternExtractor()
         config.home.mkdir(parents=True, exist_ok=True)
+        self._owns_client = client is None  # close() releases only a client we built
         self._client = client if client is not None else make_chroma_client(config)
         self.episodic: EpisodicStore = EpisodicStore(self._client, self.embedder, name=collection_name(config, "episodes"))
         self.semantic: SemanticStore = SemanticStore(self._client, self.embedder, name=collection_name(config, "semantic"))
@@ -132,16 +134,15 @@ class Memory:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(str(exc)) from exc
         candidates = self.extractor.extract(text, role=role) if role == "user" else []
-        vector = self.embedder.embed([text])  # (1, dim)
         with self._write_lock:
-            events = self._commit_turn(episode, candidates, vector)
+            events = self._commit_turn(episode, candidates)
         self.retriever.index([episode])
         if role == "user":
             events = events + list(self.drift.observe(user_id, text))
         self._enforce_cap(user_id)
         return Remembered(episode=episode, events=tuple(events))
 
-    def _commit_turn(self, episode: Episode, candidates: Sequence[Any], vector: Any) -> list[ChangeEvent]:
+    def _commit_turn(self, episode: Episode, candidates: Sequence[Any]) -> list[ChangeEvent]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         intent: Intent | None = None
@@ -150,11 +151,14 @@ class Memory:
             events = self.graph.apply(episode.user_id, candidates, episode_id=episode.id, at=episode.at,
                                       conn=db) if candidates else []
             items, superseded = _semantic_changes(episode.user_id, events)
+            # One forward pass for the turn and its new facts: (1 + len(items), dim). Embedding dominates a
+            # turn's cost, and a second call for the facts nearly doubled it.
+            vectors = self.embedder.embed([episode.text] + [i.text for i in items])
             intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded))
             self._journal.begin(intent)
-            self.episodic.add([episode], vector)
+            self.episodic.add([episode], vectors[:1])
             if items:
-                self.semantic.add(items, self.embedder.embed([i.text for i in items]))
+                self.semantic.add(items, vectors[1:])
             if superseded:
                 self.semantic.mark_superseded(episode.user_id, superseded)
             db.execute("COMMIT")
@@ -284,8 +288,10 @@ class Memory:
         """Remove everything stored about ``user_id`` (a no-op returning zeros for an unknown user)."""
         user_id = check_user_id(user_id)
         with self._write_lock:
+            chroma_ids = {self.episodic: self.episodic.ids(user_id), self.semantic: self.semantic.ids(user_id)}
             removed = {"episodes_index": self.episodic.delete_user(user_id),
                        "semantic_items": self.semantic.delete_user(user_id)}
+            removed["chroma_log_scrubbed"] = self._scrub_chroma(chroma_ids) if any(chroma_ids.values()) else 0
             cur = self._db.execute("DELETE FROM episodes WHERE user_id = ?", (user_id,))
             removed["episodes"] = cur.rowcount
             removed["graph_events"] = self.graph.forget(user_id)
@@ -295,10 +301,51 @@ class Memory:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
 
+    def _scrub_chroma(self, deleted: dict[Any, list[str]]) -> int:
+        """Remove the text of deleted records from an embedded Chroma's files; returns log rows scrubbed.
+
+        Chroma's ``delete`` leaves the deleted documents on disk: in its write-ahead log
+        (``embeddings_queue``, purged only up to the last HNSW persist, every 1,000 writes by default), in
+        the FTS5 index until a merge, and in free SQLite pages (Chroma does not set ``secure_delete``).
+        ``chroma vacuum`` (chromadb 1.5.9) purges only what the HNSW index already persisted, so it leaves
+        recent turns. Here, on the same file: the log rows of the deleted ids lose their metadata (which
+        holds the document; the vector stays so Chroma's replay of add-then-delete on restart is
+        unchanged), the FTS index is merged (``optimize``) and the file is ``VACUUM``-ed. Vectors of
+        deleted points stay in the HNSW files until Chroma rebuilds them. Server mode (``chroma_url``): the
+        server owns its files and nothing is scrubbed here; its log keeps recent deleted text until its
+        HNSW index persists.
+        """
+        path = _persist_path(self._client)
+        if path is None or not (path / "chroma.sqlite3").exists():
+            return 0
+        scrubbed = 0
+        try:
+            db = sqlite3.connect(str(path / "chroma.sqlite3"), isolation_level=None, timeout=60)
+            try:
+                for store, ids in deleted.items():
+                    topic = f"%/{store._collection.id}"  # Chroma's log topic ends with the collection id
+                    for start in range(0, len(ids), 500):
+                        chunk = ids[start : start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        scrubbed += db.execute(
+                            f"UPDATE embeddings_queue SET metadata = NULL WHERE metadata IS NOT NULL "
+                            f"AND topic LIKE ? AND id IN ({marks})", [topic, *chunk]).rowcount
+                db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')")
+                db.execute("VACUUM")
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # the deletes stand; only the on-disk scrub failed
+            raise StoreError(f"the user's records were deleted from Chroma, but scrubbing Chroma's files at "
+                             f"{path} failed ({exc}); run forget() again when no other process uses them") from exc
+        return scrubbed
+
     def close(self) -> None:
+        """Close the SQLite connections and, if this object built it, release the Chroma client."""
         self.graph.close()
         self._journal.close()
         self._db.close()
+        if self._owns_client and hasattr(self._client, "close"):
+            self._client.close()
 
     def __enter__(self) -> "Memory":
         return self
@@ -308,6 +355,18 @@ class Memory:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _persist_path(client: Any) -> Path | None:
+    """The folder of an embedded (persistent) Chroma client; None for a server or in-memory client."""
+    try:
+        settings = client.get_settings()
+    except Exception:  # noqa: BLE001 - a client without settings is not an embedded one we can scrub
+        return None
+    embedded = "rust" in str(getattr(settings, "chroma_api_impl", "")).lower()  # HttpClient: FastAPI
+    if not embedded or not getattr(settings, "is_persistent", False) or not getattr(settings, "persist_directory", None):
+        return None
+    return Path(settings.persist_directory)
 
 
 def _episode_row(e: Episode) -> tuple[Any, ...]:

@@ -40,6 +40,7 @@ MemoryKind = Literal["fact", "preference", "summary"]
 _KINDS: tuple[str, ...] = get_args(MemoryKind)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SCALARS = (str, int, float, bool)
+_GET_PAGE = 10_000  # records per collection.get call (see _UserScopedCollection._paged_get)
 
 
 @dataclass(frozen=True)
@@ -253,13 +254,35 @@ class _UserScopedCollection:
                 raise InvalidInput("ids must be a sequence of ids, not one string")
             if len(ids) == 0:
                 return []
-        with chroma_errors(f"read {self.name}"):
-            got = self._collection.get(
-                ids=list(ids) if ids is not None else None, where=scope, include=["documents", "metadatas"]
-            )
-        docs = got["documents"] or []
-        metas = got["metadatas"] or []
-        return [(i, d or "", dict(m or {})) for i, d, m in zip(got["ids"], docs, metas)]
+        # A lookup by ids alone is a key lookup; adding the user_id filter makes Chroma 1.5 scan every
+        # record of the user first (10k records: 65 ms instead of 0.8 ms). Ownership is then checked here.
+        by_ids_only = ids is not None and where is None
+        got = self._paged_get(list(ids) if ids is not None else None, None if by_ids_only else scope,
+                              ["documents", "metadatas"])
+        rows = [(i, d or "", dict(m or {})) for i, d, m in got]
+        return [r for r in rows if r[2].get("user_id") == user_id] if by_ids_only else rows
+
+    def _paged_get(self, ids: list[str] | None, where: dict[str, Any] | None,
+                   include: list[str]) -> list[tuple[str, Any, Any]]:
+        """``collection.get`` in pages: Chroma 1.5.9 fails with "too many SQL variables" when one call
+        would return more than ~32k records (a user with 50k episodes could not be read at all)."""
+        out: list[tuple[str, Any, Any]] = []
+        page = _GET_PAGE
+        for start in range(0, len(ids), page) if ids is not None else iter(int, 1):  # ids: chunks; else until short
+            offset = start if ids is not None else len(out)
+            with chroma_errors(f"read {self.name}"):
+                got = self._collection.get(
+                    ids=ids[start : start + page] if ids is not None else None, where=where,
+                    limit=None if ids is not None else page, offset=None if ids is not None else offset,
+                    include=include,  # type: ignore[arg-type]
+                )
+            n = len(got["ids"])
+            docs = got.get("documents") or [None] * n
+            metas = got.get("metadatas") or [None] * n
+            out.extend(zip(got["ids"], docs, metas))
+            if ids is None and n < page:
+                break
+        return out
 
     def _search(self, user_id: str, vector: np.ndarray, k: int, where: dict[str, Any]) -> list[Hit]:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -295,9 +318,7 @@ class _UserScopedCollection:
     def ids(self, user_id: str) -> list[str]:
         """All record ids of the user, sorted."""
         _check_str("user_id", user_id)
-        with chroma_errors(f"read {self.name}"):
-            got = self._collection.get(where={"user_id": user_id}, include=[])
-        return sorted(got["ids"])
+        return sorted(i for i, _, _ in self._paged_get(None, {"user_id": user_id}, []))
 
     def count(self, user_id: str) -> int:
         """How many records the user has."""
