@@ -156,7 +156,7 @@ def chat(
             console.print(recollection_table(agent.last_turn(user, session).get("recollection")))
             continue
         if text == "/forget":
-            removed = memory.forget(user)
+            removed = agent.forget(user)
             console.print(f"[yellow]forgot everything about {user}[/] ({sum(removed.values())} records)")
             continue
         if text.startswith("/export"):
@@ -220,6 +220,16 @@ memory_app = typer.Typer(no_args_is_help=True, help="Inspect, export or erase a 
 app.add_typer(memory_app, name="memory")
 
 
+def _register_scenarios() -> None:
+    from agent.scenarios.cli import memory_graph, scenario_app
+
+    app.add_typer(scenario_app, name="scenario")
+    memory_app.command("graph")(memory_graph)
+
+
+_register_scenarios()
+
+
 @memory_app.command("show")
 def memory_show(user: UserOpt, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
     """The user's facts with their history."""
@@ -249,8 +259,16 @@ def memory_forget(user: UserOpt, yes: Annotated[bool, typer.Option("--yes", help
     _setup(verbose)
     if not yes and not typer.confirm(f"erase all memories of {user}?"):
         raise typer.Exit(1)
-    mem = _memory(_settings(home))
+    from agent.graph import make_checkpointer
+
+    s = _settings(home)
+    mem = _memory(s)
     removed = mem.forget(user)
+    saver = make_checkpointer(s.home, s.postgres_url)
+    threads = {c.config["configurable"]["thread_id"] for c in saver.list(None)}
+    for thread in (t for t in threads if t.startswith(f"{user}:")):
+        saver.delete_thread(thread)
+        removed["threads"] = removed.get("threads", 0) + 1
     console.print(f"forgot {user}: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
     mem.close()
 

@@ -156,6 +156,28 @@ class PersonalAgent:
         return TurnResult(reply=str(out["messages"][-1].content), prompt=out.get("prompt", []),
                           recollection=out.get("recollection"), events=out.get("events", []), jobs=out.get("jobs", []))
 
+    def threads(self, user_id: str) -> list[str]:
+        """The checkpointed conversation threads of ``user_id``."""
+        prefix = f"{user_id}:"
+        saver = self.graph.checkpointer
+        seen = {c.config["configurable"]["thread_id"] for c in saver.list(None)}  # type: ignore[union-attr]
+        return sorted(t for t in seen if t.startswith(prefix))
+
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Erase the user everywhere: memory (episodes, facts, graph log) and their conversation threads."""
+        removed = self.memory.forget(user_id)
+        threads = self.threads(user_id)
+        for thread in threads:
+            self.graph.checkpointer.delete_thread(thread)  # type: ignore[union-attr]
+        return {**removed, "threads": len(threads)}
+
+    def close(self) -> None:
+        """Stop the update worker and close the checkpointer's connection (if it has one)."""
+        self.worker.close()
+        conn = getattr(self.graph.checkpointer, "conn", None)
+        if conn is not None and hasattr(conn, "close"):
+            conn.close()
+
     def last_turn(self, user_id: str, session_id: str = "default") -> dict[str, Any]:
         """The thread's checkpointed state (messages, last prompt, last recollection, events)."""
         snapshot = self.graph.get_state({"configurable": {"thread_id": self.thread_id(user_id, session_id)}})

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from agent.graph import PersonalAgent
     from editing import GenerationSettings, LocalModel
-    from memory import Clock, Embedder
+    from memory import Clock, Embedder, MemoryConfig
     from memory.service import Memory
 
 __all__ = ["Stack", "build_stack"]
@@ -32,20 +32,21 @@ class Stack:
     local: "LocalModel | None"  # None when another chat model was passed
 
     def close(self) -> None:
-        self.agent.worker.close()
+        self.agent.close()
         self.memory.close()
 
 
 def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "LocalModel | None" = None,
                 chat_model: "BaseChatModel | None" = None, embedder: "Embedder | None" = None,
-                generation: "GenerationSettings | None" = None) -> Stack:
+                generation: "GenerationSettings | None" = None,
+                memory_config: "MemoryConfig | None" = None) -> Stack:
     """Build memory + agent under ``settings.home``; load the local model unless one (or another chat model) is given."""
     from agent.chat_model import PllmChatModel
     from agent.graph import PersonalAgent, make_checkpointer
     from editing import LocalModel
     from memory.service import Memory
 
-    memory = Memory(settings.memory_config(), clock=clock, embedder=embedder)
+    memory = Memory(memory_config or settings.memory_config(), clock=clock, embedder=embedder)
     if chat_model is None:
         local = local or LocalModel.load(settings.runtime_config())
         chat_model = PllmChatModel(local=local, settings=generation or settings.generation())
