@@ -8,8 +8,9 @@ slow to import.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from memory.lazy import lazy_exports
 
 from memory.clock import Clock, ManualClock, SystemClock, to_utc, utc
 from memory.config import MemoryConfig
@@ -87,13 +88,4 @@ __all__ = [
 __all__ += sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # resolve once
-        return value
-    raise AttributeError(f"module 'memory' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

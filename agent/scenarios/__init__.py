@@ -9,8 +9,9 @@ Importing this package does no I/O; public names resolve lazily on first access.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from memory.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.scenarios.expectations import CHECKS, NOT_SUPPORTED, CheckContext, Outcome
@@ -38,13 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'agent.scenarios' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
