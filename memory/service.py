@@ -6,7 +6,10 @@ networkx), the extractor, the BM25 index, the retriever and the drift monitor. P
 ``remember``: validate → extract → embed → one SQLite transaction (episode row + graph events) around
 the Chroma writes, with a journal entry so a crash at any point leaves both sides in agreement →
 change events. ``recall``: hybrid retrieval, then the recalled episodes get stronger (recall count,
-last recalled).
+last recalled) — buffered in memory, not written on the hot path: a user's pending recalls are flushed
+to the episodic store in one write at that user's next ``remember`` (after its commit), before the cap or
+consolidation reads the statistics, on ``export`` and on ``close`` (``forget`` drops them). Until then
+ranking sees the statistics as of the last flush, and a crash loses at most those pending counts.
 
 Invariants: every read and write is scoped to one user; a failed turn leaves nothing behind; the
 graph log is append-only except for ``forget``.
@@ -15,6 +18,8 @@ graph log is append-only except for ``forget``.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -48,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Memory", "Remembered"]
 
 log = logging.getLogger(__name__)
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 _EPISODES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -98,8 +105,12 @@ class Memory:
         config.home.mkdir(parents=True, exist_ok=True)
         self._owns_client = client is None  # close() releases only a client we built
         self._client = client if client is not None else make_chroma_client(config)
-        self.episodic: EpisodicStore = EpisodicStore(self._client, self.embedder, name=collection_name(config, "episodes"))
-        self.semantic: SemanticStore = SemanticStore(self._client, self.embedder, name=collection_name(config, "semantic"))
+        # Ids are unique across users here (uuid ids, the SQLite primary key), so the stores skip their
+        # id directory and its extra Chroma write per turn.
+        self.episodic: EpisodicStore = EpisodicStore(
+            self._client, self.embedder, name=collection_name(config, "episodes"), unique_ids=False)
+        self.semantic: SemanticStore = SemanticStore(
+            self._client, self.embedder, name=collection_name(config, "semantic"), unique_ids=False)
         self.graph: KnowledgeGraph = KnowledgeGraph(config.sqlite_path, self.clock)
         self._db = sqlite3.connect(str(config.sqlite_path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -107,6 +118,7 @@ class Memory:
         self._db.executescript(_EPISODES_SCHEMA)
         self._journal = Journal(config.home / "journal.sqlite")
         self._write_lock = threading.RLock()
+        self._recalls = _RecallBuffer()
         self.bm25 = BM25Index()
         self.drift = DriftMonitor(self.clock)
         self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
@@ -136,6 +148,7 @@ class Memory:
         candidates = self.extractor.extract(text, role=role) if role == "user" else []
         with self._write_lock:
             events = self._commit_turn(episode, candidates)
+        self.flush_recalls(user_id)
         self.retriever.index([episode])
         if role == "user":
             events = events + list(self.drift.observe(user_id, text))
@@ -216,9 +229,36 @@ class Memory:
         rec = self.retriever.retrieve(user_id, query, k_episodes=k or self.config.recall_k,
                                       k_facts=k_facts or self.config.fact_k,
                                       include_superseded=include_superseded, as_of=as_of)
-        # Each recall makes a memory more stable (the forgetting curve flattens with rehearsal).
-        self.retriever.mark_recalled(user_id, rec.episode_ids)
+        # Each recall makes a memory more stable (the forgetting curve flattens with rehearsal); the write
+        # is deferred (see the module docstring): a Chroma write cost 25-70 ms of each recall.
+        self._recalls.add(user_id, rec.episode_ids, to_utc(self.clock.now()).timestamp())
         return rec
+
+    def flush_recalls(self, user_id: str | None = None) -> int:
+        """Write the pending recall statistics of ``user_id`` (None: every user) to the episodic store,
+        one ``update_metadata`` call per user; returns how many episodes were updated.
+
+        Episodes deleted meanwhile are skipped. If the store fails, the counts stay pending (logged) and
+        the next flush retries them.
+        """
+        users = [check_user_id(user_id)] if user_id is not None else self._recalls.users()
+        return sum(self._flush_user(u) for u in users)
+
+    def _flush_user(self, user_id: str) -> int:
+        pending = self._recalls.take(user_id)
+        if not pending:
+            return 0
+        try:
+            current = self.episodic.metadata(user_id, list(pending))
+            updates = {i: {"recall_count": int(m.get("recall_count", 0)) + pending[i][0],
+                           "last_recalled": max(float(m.get("last_recalled", 0.0)), pending[i][1])}
+                       for i, m in current.items()}
+            self.episodic.update_metadata(user_id, updates)
+        except PllmMemoryError:
+            log.warning("could not write recall statistics of %s; they stay pending", user_id, exc_info=True)
+            self._recalls.restore(user_id, pending)
+            return 0
+        return len(updates)
 
     def profile(self, user_id: str) -> list[Fact]:
         """The user's current facts and preferences."""
@@ -262,13 +302,16 @@ class Memory:
     def _enforce_cap(self, user_id: str) -> None:
         from memory.consolidation import enforce_cap
 
+        self.flush_recalls(user_id)  # eviction ranks by recall statistics
         enforce_cap(self, user_id)
 
     def consolidate(self, user_id: str, *, older_than_days: float = 7.0) -> Any:
         """Summarize old sessions into the semantic store and apply the episode cap."""
         from memory.consolidation import consolidate
 
-        return consolidate(self, check_user_id(user_id), older_than_days=older_than_days)
+        user_id = check_user_id(user_id)
+        self.flush_recalls(user_id)  # eviction ranks by recall statistics
+        return consolidate(self, user_id, older_than_days=older_than_days)
 
     # -------------------------------------------------------------------------------- privacy
 
@@ -276,7 +319,9 @@ class Memory:
         """Everything stored about ``user_id`` as one JSON-ready document (see :mod:`memory.portability`)."""
         from memory.portability import export_user
 
-        return export_user(self, check_user_id(user_id))
+        user_id = check_user_id(user_id)
+        self.flush_recalls(user_id)
+        return export_user(self, user_id)
 
     def import_(self, document: dict[str, Any], *, user_id: str | None = None) -> int:
         """Load an ``export`` document (optionally under another user id); returns episodes imported."""
@@ -285,13 +330,20 @@ class Memory:
         return import_user(self, document, user_id=user_id)
 
     def forget(self, user_id: str) -> dict[str, int]:
-        """Remove everything stored about ``user_id`` (a no-op returning zeros for an unknown user)."""
+        """Remove everything stored about ``user_id`` (a no-op returning zeros for an unknown user).
+
+        Each store drops the user's whole Chroma collection; with an embedded Chroma its files are then
+        scrubbed (see :meth:`_scrub_chroma`), so no text, vector or id of the user stays on disk.
+        """
         user_id = check_user_id(user_id)
         with self._write_lock:
-            chroma_ids = {self.episodic: self.episodic.ids(user_id), self.semantic: self.semantic.ids(user_id)}
+            self._recalls.take(user_id)  # pending recall statistics of records about to go
+            collections = [c for c in (self.episodic.collection_id(user_id), self.semantic.collection_id(user_id))
+                           if c is not None]
+            segments = _segment_dirs(self._client, collections)
             removed = {"episodes_index": self.episodic.delete_user(user_id),
                        "semantic_items": self.semantic.delete_user(user_id)}
-            removed["chroma_log_scrubbed"] = self._scrub_chroma(chroma_ids) if any(chroma_ids.values()) else 0
+            removed["chroma_files_scrubbed"] = self._scrub_chroma(segments) if collections else 0
             cur = self._db.execute("DELETE FROM episodes WHERE user_id = ?", (user_id,))
             removed["episodes"] = cur.rowcount
             removed["graph_events"] = self.graph.forget(user_id)
@@ -301,46 +353,43 @@ class Memory:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
 
-    def _scrub_chroma(self, deleted: dict[Any, list[str]]) -> int:
-        """Remove the text of deleted records from an embedded Chroma's files; returns log rows scrubbed.
+    def _scrub_chroma(self, segment_dirs: list[Path]) -> int:
+        """After the user's collections were deleted, remove what an embedded Chroma still keeps of them
+        on disk; returns how many segment folders were removed.
 
-        Chroma's ``delete`` leaves the deleted documents on disk: in its write-ahead log
-        (``embeddings_queue``, purged only up to the last HNSW persist, every 1,000 writes by default), in
-        the FTS5 index until a merge, and in free SQLite pages (Chroma does not set ``secure_delete``).
-        ``chroma vacuum`` (chromadb 1.5.9) purges only what the HNSW index already persisted, so it leaves
-        recent turns. Here, on the same file: the log rows of the deleted ids lose their metadata (which
-        holds the document; the vector stays so Chroma's replay of add-then-delete on restart is
-        unchanged), the FTS index is merged (``optimize``) and the file is ``VACUUM``-ed. Vectors of
-        deleted points stay in the HNSW files until Chroma rebuilds them. Server mode (``chroma_url``): the
-        server owns its files and nothing is scrubbed here; its log keeps recent deleted text until its
-        HNSW index persists.
+        ``delete_collection`` (chromadb 1.5.9, checked on the files) deletes the collection's rows — its
+        write-ahead log (``embeddings_queue``), records, metadata and full-text rows — but the text stays
+        in free SQLite pages (Chroma does not set ``secure_delete``) and in the FTS5 trigram index's
+        segments (an ``optimize`` merge still left some), and the collection's HNSW folder (vectors and
+        ids) stays behind. Here: the FTS index is rebuilt from its live rows, the file is ``VACUUM``-ed and
+        the deleted collections' segment folders are removed. The FTS table is Chroma's own
+        (``embedding_fulltext_search``), a private detail checked on 1.5.9. Server mode (``chroma_url``):
+        the server owns its files and nothing is scrubbed here.
         """
         path = _persist_path(self._client)
         if path is None or not (path / "chroma.sqlite3").exists():
             return 0
-        scrubbed = 0
         try:
             db = sqlite3.connect(str(path / "chroma.sqlite3"), isolation_level=None, timeout=60)
             try:
-                for store, ids in deleted.items():
-                    topic = f"%/{store._collection.id}"  # Chroma's log topic ends with the collection id
-                    for start in range(0, len(ids), 500):
-                        chunk = ids[start : start + 500]
-                        marks = ",".join("?" * len(chunk))
-                        scrubbed += db.execute(
-                            f"UPDATE embeddings_queue SET metadata = NULL WHERE metadata IS NOT NULL "
-                            f"AND topic LIKE ? AND id IN ({marks})", [topic, *chunk]).rowcount
-                db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')")
+                db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('rebuild')")
                 db.execute("VACUUM")
             finally:
                 db.close()
         except sqlite3.Error as exc:  # the deletes stand; only the on-disk scrub failed
-            raise StoreError(f"the user's records were deleted from Chroma, but scrubbing Chroma's files at "
+            raise StoreError(f"the user's collections were deleted from Chroma, but scrubbing Chroma's files at "
                              f"{path} failed ({exc}); run forget() again when no other process uses them") from exc
-        return scrubbed
+        removed = 0
+        for folder in segment_dirs:
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def close(self) -> None:
-        """Close the SQLite connections and, if this object built it, release the Chroma client."""
+        """Write pending recall statistics, close the SQLite connections and, if this object built it,
+        release the Chroma client."""
+        self.flush_recalls()
         self.graph.close()
         self._journal.close()
         self._db.close()
@@ -367,6 +416,64 @@ def _persist_path(client: Any) -> Path | None:
     if not embedded or not getattr(settings, "is_persistent", False) or not getattr(settings, "persist_directory", None):
         return None
     return Path(settings.persist_directory)
+
+
+def _segment_dirs(client: Any, collection_ids: Sequence[str]) -> list[Path]:
+    """The on-disk segment folders of an embedded Chroma's collections (read before they are deleted).
+
+    Reads Chroma's private ``segments`` table (chromadb 1.5.9: ``id, scope, collection``; a segment's
+    folder is named by its id). Anything unexpected → ``[]``: forget still deletes, only leaves folders.
+    """
+    path = _persist_path(client)
+    if path is None or not collection_ids or not (path / "chroma.sqlite3").exists():
+        return []
+    marks = ",".join("?" * len(collection_ids))
+    try:
+        db = sqlite3.connect(f"file:{path / 'chroma.sqlite3'}?mode=ro", uri=True, timeout=60)
+        try:
+            rows = db.execute(f"SELECT id FROM segments WHERE collection IN ({marks})", list(collection_ids)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        log.warning("could not read Chroma's segment table at %s; segment folders stay on disk", path, exc_info=True)
+        return []
+    folders = [path / str(r[0]) for r in rows]
+    return [f for f in folders if f.parent == path and _UUID_RE.match(f.name)]
+
+
+class _RecallBuffer:
+    """Pending recall statistics per user: episode id → (recalls not yet written, latest recall time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, tuple[int, float]]] = {}
+
+    def add(self, user_id: str, episode_ids: Sequence[str], at: float) -> None:
+        """Count one recall of each of ``episode_ids`` at ``at`` (epoch seconds)."""
+        if not episode_ids:
+            return
+        with self._lock:
+            user = self._pending.setdefault(user_id, {})
+            for i in dict.fromkeys(episode_ids):
+                count, last = user.get(i, (0, at))
+                user[i] = (count + 1, max(last, at))
+
+    def take(self, user_id: str) -> dict[str, tuple[int, float]]:
+        """Remove and return the user's pending statistics."""
+        with self._lock:
+            return self._pending.pop(user_id, {})
+
+    def restore(self, user_id: str, pending: dict[str, tuple[int, float]]) -> None:
+        """Put back statistics that could not be written (merged with any that arrived meanwhile)."""
+        with self._lock:
+            user = self._pending.setdefault(user_id, {})
+            for i, (count, last) in pending.items():
+                now_count, now_last = user.get(i, (0, last))
+                user[i] = (count + now_count, max(last, now_last))
+
+    def users(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
 
 
 def _episode_row(e: Episode) -> tuple[Any, ...]:

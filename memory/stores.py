@@ -1,9 +1,17 @@
-"""Episodic and semantic memory in Chroma, one collection each, every operation scoped to a user.
+"""Episodic and semantic memory in Chroma, one collection per user and store, every operation scoped to a user.
+
+Layout: a store named ``base`` keeps user ``u``'s records in collection ``f"{base}-{sha256(u)[:24]}"``
+(user ids never appear in collection names). A collection is created by the user's first write, never by
+a read (``get``/``count``/``query`` of an unknown user → empty), and dropped whole by ``delete_user``.
+Searches need no user filter (Chroma 1.5 scans every record of the user for a filtered search: 30-60 ms
+at 10k records, 2 ms unfiltered). Open collection handles are kept in a bounded LRU per store.
 
 Invariants:
 
-* **Isolation** — every read, query, update and delete carries a ``user_id`` condition; an id that
-  belongs to another user is invisible (reads) or refused (writes). No API returns another user's data.
+* **Isolation** — every read, query, update and delete goes to the user's own collection, and returned
+  records are checked to carry that ``user_id``; an id that belongs to another user is invisible (reads)
+  or refused (writes, when the store keeps its id directory: ``unique_ids=True``, the default — see
+  :class:`_UserScopedCollection`). No API returns another user's data.
 * **Exact round trip** — ``get`` returns the records that were added (``Episode`` in == ``Episode`` out,
   aware UTC times, to the microsecond). Times are kept twice in metadata: ``at`` as float epoch seconds for
   ``$gte``/``$lte`` filters and ``at_us`` as integer microseconds for exact reconstruction.
@@ -16,23 +24,27 @@ Similarity in :class:`Hit` is cosine similarity, ``1 - cosine distance``, in ``[
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 
 import numpy as np
 
-from memory.chroma_backend import chroma_errors, open_collection
+from memory.chroma_backend import SPACE, _check_name, chroma_errors, open_collection
 from memory.clock import to_utc
-from memory.embeddings import Embedder
-from memory.errors import InvalidInput
+from memory.embeddings import ChromaEmbeddingFunction, Embedder, register_chroma_embedding_function
+from memory.errors import InvalidInput, StoreError
 from memory.records import Episode
 
 if TYPE_CHECKING:  # pragma: no cover
     from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
 
 __all__ = ["Hit", "MemoryItem", "MemoryKind", "EpisodicStore", "SemanticStore"]
 
@@ -41,6 +53,9 @@ _KINDS: tuple[str, ...] = get_args(MemoryKind)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SCALARS = (str, int, float, bool)
 _GET_PAGE = 10_000  # records per collection.get call (see _UserScopedCollection._paged_get)
+_DIGEST_HEX = 24  # hex chars of sha256(user_id) in a collection name (96 bits: collisions are not a concern)
+_OWNER_DIM = 4  # dims of the directory's placeholder vectors (derived from the id; never searched)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -122,9 +137,15 @@ def _and(conditions: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class _UserScopedCollection:
-    """A Chroma collection in which every record has a ``user_id`` and every operation is scoped to one.
+    """Records of many users, one Chroma collection per user; every operation is scoped to one user.
 
     Subclasses say how a record becomes (id, document, metadata) and back.
+
+    ``unique_ids=True`` (default) keeps ids unique across users, as a single shared collection did: a
+    directory collection ``f"{base}-owners"`` maps each record id to its owner's digest, and an add of an
+    id that another user owns is refused. It costs one more Chroma write per add (≈ 20 ms on a disk that
+    fsyncs slowly). A caller that already guarantees unique ids (``Memory``: uuid ids and a SQLite primary
+    key) passes ``unique_ids=False``; users' records then still never meet (separate collections).
     """
 
     # metadata keys a caller may not rewrite through update_metadata (they define the record)
@@ -132,30 +153,95 @@ class _UserScopedCollection:
     # metadata keys that survive a re-add of the same id (usage statistics, not content)
     _PRESERVED_ON_READD: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, client: "ClientAPI", embedder: Embedder, *, name: str) -> None:
+    def __init__(self, client: "ClientAPI", embedder: Embedder, *, name: str, unique_ids: bool = True,
+                 max_open: int = 128) -> None:
+        _check_name(f"{name}-{'0' * _DIGEST_HEX}")  # every user's collection name must be legal
+        if not isinstance(max_open, int) or max_open < 1:
+            raise InvalidInput(f"max_open must be a positive int, got {max_open!r}")
+        self._client = client
         self._embedder = embedder
-        self._collection = open_collection(client, name, embedder)
+        self._base = name
+        self._max_open = max_open
+        self._open: OrderedDict[str, "Collection"] = OrderedDict()  # user_id → handle, least recent first
+        self._lock = threading.Lock()
+        self._owners = open_collection(client, f"{name}-owners", embedder) if unique_ids else None
         with chroma_errors("read the server's maximum batch size"):
             self._max_batch = int(client.get_max_batch_size())
 
     @property
     def name(self) -> str:
-        """The Chroma collection's name."""
-        return str(self._collection.name)
+        """The store's base name (each user's collection is ``f"{name}-{digest}"``)."""
+        return self._base
+
+    def collection_name(self, user_id: str) -> str:
+        """The name of the user's collection (whether or not it exists yet)."""
+        _check_str("user_id", user_id)
+        return f"{self._base}-{_digest(user_id)}"
+
+    def collection_id(self, user_id: str) -> str | None:
+        """The Chroma id of the user's collection, or None if the user has none (for storage maintenance)."""
+        handle = self._handle(user_id, create=False)
+        return None if handle is None else str(handle.id)
+
+    # ------------------------------------------------------------------------- collections
+
+    def _handle(self, user_id: str, *, create: bool) -> "Collection | None":
+        """The user's collection: cached, else opened (created only if ``create``); None if it does not exist."""
+        with self._lock:
+            handle = self._open.get(user_id)
+            if handle is not None:
+                self._open.move_to_end(user_id)
+                return handle
+        name = self.collection_name(user_id)
+        opener = open_collection if create else _existing
+        handle = opener(self._client, name, self._embedder)
+        if handle is not None:
+            with self._lock:
+                self._open[user_id] = handle
+                while len(self._open) > self._max_open:
+                    self._open.popitem(last=False)
+        return handle
+
+    def _drop_handle(self, user_id: str) -> None:
+        with self._lock:
+            self._open.pop(user_id, None)
+
+    def _use(self, user_id: str, action: str, call: "Callable[[Collection], _T]", *, create: bool) -> "_T | None":
+        """``call(user's collection)``; None when the user has none and ``create`` is False.
+
+        A cached handle goes stale when another store object or process deleted the collection; the
+        call is then retried once on a freshly opened one.
+        """
+        for attempt in (0, 1):
+            handle = self._handle(user_id, create=create)
+            if handle is None:
+                return None
+            try:
+                with chroma_errors(f"{action} in {handle.name}"):
+                    return call(handle)
+            except StoreError as exc:
+                if attempt or not _is_not_found(exc.__cause__):
+                    raise
+                self._drop_handle(user_id)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---------------------------------------------------------------- scoping and validation
 
     @staticmethod
-    def _scope(user_id: str, *conditions: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _scope(user_id: str, *conditions: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The ``where`` filter for a read of the user's collection (None: no condition), ``user_id`` checked.
+
+        No ``user_id`` condition: the collection holds only the user's records.
+        """
         _check_str("user_id", user_id)
-        parts: list[dict[str, Any]] = [{"user_id": user_id}]
+        parts: list[dict[str, Any]] = []
         for condition in conditions:
             if condition is None:
                 continue
             if not isinstance(condition, Mapping) or not condition:
                 raise InvalidInput(f"where must be a non-empty mapping in Chroma's filter syntax, got {condition!r}")
             parts.append(dict(_where_value(condition)))
-        return _and(parts)
+        return _and(parts) if parts else None
 
     def _vectors_for(self, texts: Sequence[str], vectors: np.ndarray | None) -> np.ndarray:
         """``(n, dim)`` float32 rows: the given ``vectors`` checked, or ``texts`` embedded."""
@@ -182,37 +268,84 @@ class _UserScopedCollection:
     def _upsert(
         self, ids: list[str], texts: list[str], metadatas: list[dict[str, Any]], vectors: np.ndarray | None
     ) -> None:
-        """Insert or replace records by id; refuses ids that belong to another user (nothing written)."""
+        """Insert or replace records by id, each in its user's collection.
+
+        Everything is checked before anything is written: duplicate ids, vector shapes, and (with the id
+        directory) ids that belong to another user — refused, nothing written.
+        """
         if len(set(ids)) != len(ids):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise InvalidInput(f"the same id appears twice in one add: {dupes[:5]}; add each record once")
-        rows = self._vectors_for(texts, vectors)
-        existing = self._existing_metadata(ids)
+        rows = self._vectors_for(texts, vectors)  # (n, dim)
+        groups: dict[str, list[int]] = {}
+        for index, meta in enumerate(metadatas):
+            groups.setdefault(meta["user_id"], []).append(index)
+        unregistered = self._check_owners(ids, metadatas)
+        for user_id, indices in groups.items():
+            self._keep_preserved(user_id, [ids[i] for i in indices], [metadatas[i] for i in indices])
+        self._register(unregistered)
+        for user_id, indices in groups.items():
+            self._write(user_id, [ids[i] for i in indices], [texts[i] for i in indices],
+                        [metadatas[i] for i in indices], rows[indices])
+
+    def _keep_preserved(self, user_id: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Copy the ``_PRESERVED_ON_READD`` keys of records that already exist into their new metadata."""
+        existing = self.metadata(user_id, ids)
         for record_id, meta in zip(ids, metadatas):
             old = existing.get(record_id)
-            if old is None:
-                continue
-            if old.get("user_id") != meta["user_id"]:
-                raise InvalidInput(f"id {record_id!r} already belongs to another user; give the record a fresh id")
-            meta.update({k: old[k] for k in self._PRESERVED_ON_READD if k in old})
+            if old is not None:
+                meta.update({k: old[k] for k in self._PRESERVED_ON_READD if k in old})
+
+    def _write(self, user_id: str, ids: list[str], texts: list[str], metadatas: list[dict[str, Any]],
+               rows: np.ndarray) -> None:
         for start in range(0, len(ids), self._max_batch):
             stop = start + self._max_batch
-            with chroma_errors(f"write {len(ids[start:stop])} records to {self.name}"):
-                self._collection.upsert(
-                    ids=ids[start:stop],
-                    documents=texts[start:stop],
-                    metadatas=metadatas[start:stop],  # type: ignore[arg-type]
-                    embeddings=rows[start:stop],  # type: ignore[arg-type]
-                )
+            self._use(user_id, f"write {len(ids[start:stop])} records", lambda c: c.upsert(
+                ids=ids[start:stop],
+                documents=texts[start:stop],
+                metadatas=metadatas[start:stop],  # type: ignore[arg-type]
+                embeddings=rows[start:stop],  # type: ignore[arg-type]
+            ), create=True)
 
-    def _existing_metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Metadata of whichever ``ids`` exist, whoever owns them (for the ownership check only)."""
-        found: dict[str, dict[str, Any]] = {}
+    # ------------------------------------------------------------------------ id directory
+
+    def _check_owners(self, ids: list[str], metadatas: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Refuse ids another user owns; return ``(id, owner digest)`` of the ids not yet in the directory."""
+        if self._owners is None:
+            return []
+        owners: dict[str, str] = {}
         for start in range(0, len(ids), self._max_batch):
-            with chroma_errors(f"read {self.name}"):
-                got = self._collection.get(ids=ids[start : start + self._max_batch], include=["metadatas"])
-            found.update({i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [])})
-        return found
+            with chroma_errors(f"read {self._owners.name}"):
+                got = self._owners.get(ids=ids[start : start + self._max_batch], include=["metadatas"])
+            owners.update({i: str((m or {}).get("owner")) for i, m in zip(got["ids"], got["metadatas"] or [])})
+        wanted = [(i, _digest(m["user_id"])) for i, m in zip(ids, metadatas)]
+        for record_id, digest in wanted:
+            if owners.get(record_id, digest) != digest:
+                raise InvalidInput(f"id {record_id!r} already belongs to another user; give the record a fresh id")
+        return [(i, d) for i, d in wanted if i not in owners]
+
+    def _register(self, entries: list[tuple[str, str]]) -> None:
+        """Record ``(id, owner digest)`` pairs in the directory (written before the records themselves, so a
+        failed add leaves at most an id reserved for its own user)."""
+        if self._owners is None or not entries:
+            return
+        for start in range(0, len(entries), self._max_batch):
+            chunk = entries[start : start + self._max_batch]
+            with chroma_errors(f"write {self._owners.name}"):
+                chunk_ids = [i for i, _ in chunk]
+                self._owners.upsert(ids=chunk_ids, embeddings=_placeholders(chunk_ids),  # type: ignore[arg-type]
+                                    metadatas=[{"owner": d} for _, d in chunk])
+
+    def _unregister(self, ids: list[str] | None, user_id: str) -> None:
+        """Remove ids (None: all of the user's) from the directory."""
+        if self._owners is None or ids == []:
+            return
+        with chroma_errors(f"delete from {self._owners.name}"):
+            if ids is None:
+                self._owners.delete(where={"owner": _digest(user_id)})
+            else:
+                for start in range(0, len(ids), self._max_batch):
+                    self._owners.delete(ids=ids[start : start + self._max_batch])
 
     def _merge_metadata(self, user_id: str, updates: Mapping[str, Mapping[str, Any]]) -> None:
         """Merge ``updates[id]`` into each record's metadata. All ids must be the user's; checked first."""
@@ -230,8 +363,8 @@ class _UserScopedCollection:
         merged = [{**current[i], **dict(updates[i])} for i in ids]
         for start in range(0, len(ids), self._max_batch):
             stop = start + self._max_batch
-            with chroma_errors(f"update metadata in {self.name}"):
-                self._collection.update(ids=ids[start:stop], metadatas=merged[start:stop])  # type: ignore[arg-type]
+            self._use(user_id, "update metadata", lambda c: c.update(
+                ids=ids[start:stop], metadatas=merged[start:stop]), create=False)  # type: ignore[arg-type]
 
     def _check_changes(self, record_id: str, changes: Mapping[str, Any]) -> None:
         if not isinstance(changes, Mapping):
@@ -254,48 +387,25 @@ class _UserScopedCollection:
                 raise InvalidInput("ids must be a sequence of ids, not one string")
             if len(ids) == 0:
                 return []
-        # A lookup by ids alone is a key lookup; adding the user_id filter makes Chroma 1.5 scan every
-        # record of the user first (10k records: 65 ms instead of 0.8 ms). Ownership is then checked here.
-        by_ids_only = ids is not None and where is None
-        got = self._paged_get(list(ids) if ids is not None else None, None if by_ids_only else scope,
-                              ["documents", "metadatas"])
+        wanted = list(ids) if ids is not None else None
+        got = self._use(user_id, "read", lambda c: _paged_get(c, wanted, scope, ["documents", "metadatas"]),
+                        create=False) or []
         rows = [(i, d or "", dict(m or {})) for i, d, m in got]
-        return [r for r in rows if r[2].get("user_id") == user_id] if by_ids_only else rows
+        return [r for r in rows if r[2].get("user_id") == user_id]
 
-    def _paged_get(self, ids: list[str] | None, where: dict[str, Any] | None,
-                   include: list[str]) -> list[tuple[str, Any, Any]]:
-        """``collection.get`` in pages: Chroma 1.5.9 fails with "too many SQL variables" when one call
-        would return more than ~32k records (a user with 50k episodes could not be read at all)."""
-        out: list[tuple[str, Any, Any]] = []
-        page = _GET_PAGE
-        for start in range(0, len(ids), page) if ids is not None else iter(int, 1):  # ids: chunks; else until short
-            offset = start if ids is not None else len(out)
-            with chroma_errors(f"read {self.name}"):
-                got = self._collection.get(
-                    ids=ids[start : start + page] if ids is not None else None, where=where,
-                    limit=None if ids is not None else page, offset=None if ids is not None else offset,
-                    include=include,  # type: ignore[arg-type]
-                )
-            n = len(got["ids"])
-            docs = got.get("documents") or [None] * n
-            metas = got.get("metadatas") or [None] * n
-            out.extend(zip(got["ids"], docs, metas))
-            if ids is None and n < page:
-                break
-        return out
-
-    def _search(self, user_id: str, vector: np.ndarray, k: int, where: dict[str, Any]) -> list[Hit]:
+    def _search(self, user_id: str, vector: np.ndarray, k: int, where: dict[str, Any] | None) -> list[Hit]:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InvalidInput(f"k must be a positive int, got {k!r}")
         query = self._query_vector(vector)
         # Chroma 1.5 returns only what matches when fewer than k records do (checked embedded and server).
-        with chroma_errors(f"query {self.name}"):
-            got = self._collection.query(
-                query_embeddings=[query],  # type: ignore[arg-type]
-                n_results=k,
-                where=where,
-                include=["documents", "metadatas", "distances"],
-            )
+        got = self._use(user_id, "query", lambda c: c.query(
+            query_embeddings=[query],  # type: ignore[arg-type]
+            n_results=k,
+            where=where,
+            include=["documents", "metadatas", "distances"],
+        ), create=False)
+        if got is None:
+            return []
         ids = got["ids"][0]
         docs = (got["documents"] or [[]])[0]
         metas = (got["metadatas"] or [[]])[0]
@@ -303,6 +413,7 @@ class _UserScopedCollection:
         return [
             Hit(id=i, text=d or "", similarity=1.0 - float(dist), metadata=self._public_metadata(dict(m or {})))
             for i, d, m, dist in zip(ids, docs, metas, dists)
+            if (m or {}).get("user_id") == user_id
         ]
 
     def _public_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -318,27 +429,94 @@ class _UserScopedCollection:
     def ids(self, user_id: str) -> list[str]:
         """All record ids of the user, sorted."""
         _check_str("user_id", user_id)
-        return sorted(i for i, _, _ in self._paged_get(None, {"user_id": user_id}, []))
+        got = self._use(user_id, "read", lambda c: _paged_get(c, None, None, []), create=False) or []
+        return sorted(i for i, _, _ in got)
 
     def count(self, user_id: str) -> int:
         """How many records the user has."""
-        return len(self.ids(user_id))
+        _check_str("user_id", user_id)
+        return self._use(user_id, "count", lambda c: int(c.count()), create=False) or 0
 
     def delete(self, user_id: str, ids: Sequence[str]) -> None:
         """Delete those ``ids`` that are the user's; ids of other users are left alone."""
         owned = list(self.metadata(user_id, ids))
-        self._delete_ids(owned)
+        for start in range(0, len(owned), self._max_batch):
+            chunk = owned[start : start + self._max_batch]
+            self._use(user_id, "delete", lambda c: c.delete(ids=chunk), create=False)
+        self._unregister(owned, user_id)
 
     def delete_user(self, user_id: str) -> int:
-        """Delete every record of the user; returns how many were deleted."""
-        owned = self.ids(user_id)
-        self._delete_ids(owned)
-        return len(owned)
+        """Delete every record of the user — their whole collection; returns how many records it held."""
+        count = self.count(user_id)  # opens (never creates) and caches the handle if the collection exists
+        with self._lock:
+            existed = self._open.pop(user_id, None) is not None
+        if existed:
+            name = self.collection_name(user_id)
+            try:
+                with chroma_errors(f"delete collection {name}"):
+                    self._client.delete_collection(name)
+            except StoreError as exc:
+                if not _is_not_found(exc.__cause__):  # deleted meanwhile by someone else: done either way
+                    raise
+        self._unregister(None, user_id)
+        return count
 
-    def _delete_ids(self, ids: list[str]) -> None:
-        for start in range(0, len(ids), self._max_batch):
-            with chroma_errors(f"delete from {self.name}"):
-                self._collection.delete(ids=ids[start : start + self._max_batch])
+
+def _digest(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_HEX]
+
+
+def _placeholders(ids: list[str]) -> np.ndarray:
+    """``(n, _OWNER_DIM)`` unit vectors spread by the ids' hashes: the directory is only read by id, but
+    every Chroma record needs a vector (identical ones would degrade its HNSW graph)."""
+    raw = np.array([list(hashlib.sha256(i.encode("utf-8", "surrogatepass")).digest()[:_OWNER_DIM]) for i in ids],
+                   dtype=np.float32).reshape(len(ids), _OWNER_DIM) + 1.0
+    return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+
+def _is_not_found(exc: BaseException | None) -> bool:
+    from chromadb.errors import NotFoundError
+
+    return isinstance(exc, NotFoundError)
+
+
+def _existing(client: "ClientAPI", name: str, embedder: Embedder) -> "Collection | None":
+    """Collection ``name`` opened with our embedding function, or None if it does not exist (never creates)."""
+    register_chroma_embedding_function()
+    try:
+        with chroma_errors(f"open collection {name!r}"):
+            function = ChromaEmbeddingFunction(embedder)
+            collection = client.get_collection(name, embedding_function=function)  # type: ignore[arg-type]
+            space = (collection.configuration.get("hnsw") or {}).get("space")
+    except StoreError as exc:
+        if _is_not_found(exc.__cause__):
+            return None
+        raise
+    if space != SPACE:
+        raise StoreError(f"collection {name!r} exists with distance space {space!r}, pllm needs {SPACE!r}; "
+                         "use another collection prefix or delete that collection")
+    return collection
+
+
+def _paged_get(collection: "Collection", ids: list[str] | None, where: dict[str, Any] | None,
+               include: list[str]) -> list[tuple[str, Any, Any]]:
+    """``collection.get`` in pages: Chroma 1.5.9 fails with "too many SQL variables" when one call would
+    return more than ~32k records (a user with 50k episodes could not be read at all)."""
+    out: list[tuple[str, Any, Any]] = []
+    page = _GET_PAGE
+    for start in range(0, len(ids), page) if ids is not None else iter(int, 1):  # ids: chunks; else until short
+        got = collection.get(
+            ids=ids[start : start + page] if ids is not None else None, where=where,
+            limit=None if ids is not None else page, offset=None if ids is not None else len(out),
+            include=include,  # type: ignore[arg-type]
+        )
+        n = len(got["ids"])
+        docs = got.get("documents") or [None] * n
+        metas = got.get("metadatas") or [None] * n
+        out.extend(zip(got["ids"], docs, metas))
+        if ids is None and n < page:
+            break
+    return out
 
 
 # --------------------------------------------------------------------------------- episodes

@@ -341,7 +341,7 @@ def test_a_store_written_by_another_process_reopens_and_queries(config: MemoryCo
     assert hits[0].text == texts[0]
     # Even a plain get_collection (no function passed) embeds query texts with ours, rebuilt by name
     # from the persisted configuration — never with Chroma's downloading default.
-    plain = fresh_client.get_collection(name)
+    plain = fresh_client.get_collection(store.collection_name("zoe"))
     assert plain.configuration["embedding_function"].name() == "pllm-minilm"
     assert plain.query(query_texts=["musical instrument"], n_results=1)["documents"][0] == [texts[0]]
 
