@@ -28,12 +28,9 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 def choose_device(device: str | None = None, dtype: str | None = None) -> DevicePlan:
     """Pick the device (``None``/"auto" = an accelerator when present) and a dtype that suits it."""
     if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            dev = torch.device(torch.accelerator.current_accelerator() or "cpu") if hasattr(torch, "accelerator") else torch.device("cuda")
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            dev = torch.device("mps")
-        else:
-            dev = torch.device("cpu")
+        # Whatever accelerator this torch build sees (CUDA, ROCm, MPS, XPU, ...); else the CPU.
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        dev = accelerator or torch.device("cpu")
     else:
         dev = torch.device(device)
     if dtype in (None, "", "auto"):
