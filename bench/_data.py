@@ -29,6 +29,7 @@ __all__ = [
     "load_prefeval",
     "load_filler",
     "PrecomputedEmbedder",
+    "parse_overrides",
 ]
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -147,6 +148,22 @@ def load_filler(root: Path) -> list[list[tuple[str, str]]]:
     """PrefEval's unrelated filler conversations as ``[(role, text), ...]`` each."""
     raw = json.loads(require(root / "filtered_inter_turns.json", "PrefEval filtered_inter_turns.json").read_text())
     return [[(t["role"], t["content"]) for t in c["conversation"] if t["content"].strip()] for c in raw]
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["dense=0.5", "fusion=rrf", "candidates_per_k=4"]`` → RetrievalWeights overrides (int, float or str)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"--weight takes NAME=VALUE (e.g. recency=0.1), got {pair!r}")
+        for cast in (int, float, str):
+            try:
+                out[name.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+    return out
 
 
 class PrecomputedEmbedder:

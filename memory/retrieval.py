@@ -8,23 +8,29 @@ One :meth:`HybridRetriever.retrieve` call, in the order data flows:
    (a reply like "Yes, it was amazing!" is found by the question it answers), and over the user's facts;
 4. **graph**: entities named in the query (capitalized words and graph node names) → their 1-hop
    neighbourhood in the user's knowledge graph → those facts, and the episodes that are their evidence;
-5. reciprocal-rank fusion (:func:`rrf`) per item type, normalized to ``[0, 1]``;
+5. fusion: episodes by standardized scores (:func:`zscore_fusion`: each channel's scores as z-scores over
+   its own candidate list, so a channel counts by how far its hits stand out *for this query*); facts and
+   summaries, whose candidate lists are short, by reciprocal-rank fusion (:func:`rrf`); both in ``[0, 1]``;
 6. final episode score = ``relevance·fused + recency·retention + importance·importance``, where retention
    is the Ebbinghaus curve of :mod:`memory.forgetting` (stability grows with each recall);
 7. superseded facts are left out unless ``include_superseded``; ``as_of`` restricts everything to what
-   was known and true then.
+   was known and true then;
+8. **summaries** of old sessions (written by :mod:`memory.consolidation` into the semantic store): dense +
+   BM25 over the user's summaries, fused by RRF.
 
 Invariants: every store call is scoped to one ``user_id`` (no channel can surface another user's data);
 ``retrieve`` writes nothing — bumping recall statistics is :meth:`HybridRetriever.mark_recalled`, which the
 caller invokes for the episodes it actually used.
 
-The lexical index is an in-process cache of the episodic store: a user's episodes are loaded on first
-use (:meth:`HybridRetriever.ensure_loaded`), new ones must be passed to :meth:`HybridRetriever.index`.
+The lexical indexes are in-process caches: a user's episodes are loaded from the episodic store on first
+use (:meth:`HybridRetriever.ensure_loaded`) and new ones must be passed to :meth:`HybridRetriever.index`;
+summaries are loaded from the semantic store on first use, new ones are passed to
+:meth:`HybridRetriever.index_summaries` (a summary the dense channel returns that the cache lacks is added
+on the spot, so a writer that forgets to call it only delays lexical matching).
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import re
 import threading
@@ -32,19 +38,21 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from memory.bm25 import BM25Index, lucene_scores, tokenize
+
+from memory.bm25 import BM25Index, DialogueTimeline, lucene_scores, tokenize
 from memory.clock import Clock, to_utc
 from memory.config import MemoryConfig
 from memory.embeddings import Embedder
 from memory.errors import InvalidInput
 from memory.forgetting import retention, stability_days
+from memory.fusion import normalized_rrf, rrf, zscore_fusion
 from memory.records import Episode, Fact
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.graph import KnowledgeGraph
-    from memory.stores import EpisodicStore, Hit, SemanticStore
+    from memory.stores import EpisodicStore, Hit, MemoryItem, SemanticStore
 
 __all__ = [
     "BM25Index",
@@ -53,7 +61,9 @@ __all__ = [
     "RetrievalWeights",
     "ScoredEpisode",
     "ScoredFact",
+    "ScoredSummary",
     "rrf",
+    "zscore_fusion",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,11 +103,27 @@ class ScoredFact:
 
 
 @dataclass(frozen=True)
-class Recollection:
-    """What :meth:`HybridRetriever.retrieve` found: the user's profile, relevant facts and episodes.
+class ScoredSummary:
+    """A recalled summary of past sessions (see :mod:`memory.consolidation`) with its fused score.
 
-    ``facts`` and ``episodes`` are best first. ``channels`` counts candidates per channel
-    (``dense``, ``bm25``, ``graph`` for episodes; ``fact_dense``, ``fact_bm25``, ``fact_graph`` for facts).
+    ``at`` is the end of the summarized span; ``sources`` ⊆ {"dense", "bm25"}.
+    """
+
+    summary_id: str
+    text: str
+    at: datetime
+    source_episode_ids: tuple[str, ...]
+    score: float
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Recollection:
+    """What :meth:`HybridRetriever.retrieve` found: the user's profile, relevant facts, episodes, summaries.
+
+    ``facts``, ``episodes`` and ``summaries`` are best first. ``channels`` counts candidates per channel
+    (``dense``, ``bm25``, ``graph`` for episodes; ``fact_dense``, ``fact_bm25``, ``fact_graph`` for facts;
+    ``summary_dense``, ``summary_bm25`` for summaries).
     """
 
     query: str
@@ -105,6 +131,7 @@ class Recollection:
     facts: list[ScoredFact]
     episodes: list[ScoredEpisode]
     channels: Mapping[str, int] = field(default_factory=dict)
+    summaries: list[ScoredSummary] = field(default_factory=list)
 
     @property
     def episode_ids(self) -> list[str]:
@@ -114,21 +141,46 @@ class Recollection:
 
 @dataclass(frozen=True)
 class RetrievalWeights:
-    """Knobs of fusion and scoring. Defaults were tuned on LoCoMo conversations 1-2 (``bench/locomo.py``);
-    ``bm25_min_share`` and ``dense`` also on PrefEval's first 300 items (round-robin over topics), where
-    questions share no words with the preference and weak lexical hits buried it (recall@5 0.47 → 0.90).
+    """Knobs of fusion and scoring, tuned on LoCoMo conversations 1-2 (``bench/locomo.py``) and PrefEval's
+    first 300 items (``bench/prefeval.py``, round-robin over topics), checked on PrefEval items 500-799;
+    figures below are recall@5 / @10 on those slices (held out: conversations 3-10, PrefEval items 300-499).
 
-    ``rrf_k`` None → ``MemoryConfig.rrf_k``. A small k (10) trusts the top of each list more than the
-    customary 60; on the tuning slice 5-20 were equal and 60 was 3-5 points worse at recall@10.
+    Episode fusion (``fusion``). RRF ranks ignore how far a hit stands out, so on PrefEval, where the
+    question shares no words with the stated preference, a filler turn found by both channels outranked a
+    preference that dense search put first by a wide margin (RRF: LoCoMo .643/.759, PrefEval .900/.970,
+    dense alone .970/.993). ``"zscore"`` (:func:`zscore_fusion`) weights each channel by how far its hits
+    stand out for this query: LoCoMo .653/.746, PrefEval .967/.993. Measured and dropped: RRF with
+    per-query channel weights from the BM25 top hit's IDF share (LoCoMo .624/.752, PrefEval .933/.983) or
+    from the dense top-1/top-2 margin (.668/.758, .907/.970); min-max normalized scores (.654/.739,
+    .950/.993); raw cosine + IDF share (.517/.591, .967/.990); z-scores with BM25 scaled by its IDF share
+    (.656/.742, .967/.987); the evidence episodes of the best facts as a fourth channel (@10 −1 point on
+    LoCoMo, no change on PrefEval).
+
+    ``bm25_min_share``: lexical hits below this share of the query's IDF mass are noise. With ``"zscore"``
+    they still count in the list's statistics but add nothing (0.10 → LoCoMo .664/.755, PrefEval
+    .963/.990; 0.12 → .653/.746, .967/.993; 0.15 → .634/.737, .967/.993); with ``"rrf"`` they are dropped.
+
+    ``assistant_turns``: what the user said is the evidence about the user (the agent's prompt quotes only
+    the user's own turns), so an assistant turn needs more relevance to displace a user turn. PrefEval,
+    where about half the filler turns are the assistant's: 1.0 → .967/.993, 0.8 → .970/.997, 0.5 →
+    .980/1.000 (items 500-799: 1.0 → .980/.987, 0.5 → .987/.997, 0.3 → .993/.997; dense alone .987/.987,
+    old RRF defaults .900/.960); LoCoMo stores every turn as the user's, so it is unaffected there.
+
+    ``rrf_k`` None → ``MemoryConfig.rrf_k`` (10: on LoCoMo 1-2, k of 5-20 were equal and 60 was 3-5 points
+    worse at recall@10). ``candidates_per_k``: 8 over 4 gave LoCoMo +0.9/+0.2 points (longer lists give
+    steadier z-scores); PrefEval users have fewer turns than that.
     """
 
     # Fusion
-    rrf_k: int | None = 10
-    dense: float = 0.7  # channel weights in RRF; lexical-with-context is the stronger channel on dialogue
-    bm25: float = 1.0
-    bm25_min_share: float = 0.1  # lexical hits below this share of the query's IDF mass are noise
+    fusion: Literal["zscore", "rrf"] = "zscore"  # for episodes; facts and summaries always use RRF
+    rrf_k: int | None = None
+    dense: float = 0.7  # channel weights; lexical-with-context is the stronger channel on dialogue
+    bm25: float = 1.0  # (zscore: 0.6-0.85 for dense and 1.0-1.5 for bm25 were within a point)
+    bm25_min_share: float = 0.12
     graph: float = 1.0
-    candidates_per_k: int = 4  # each channel contributes k · this candidates
+    graph_z: float = 3.0  # zscore: a graph hit of rank 1 counts as a hit this many deviations above the mean
+    assistant_turns: float = 0.5  # relevance multiplier of the assistant's own turns (see above)
+    candidates_per_k: int = 8  # each channel contributes k · this candidates
     context_turns: int = 1  # neighbouring turns (each side, same session) indexed with a turn for BM25
     # Final score = relevance · fused + recency · retention + importance · importance
     relevance: float = 1.0
@@ -138,132 +190,22 @@ class RetrievalWeights:
     profile_cap: int = 30
 
     def __post_init__(self) -> None:
+        if self.fusion not in ("zscore", "rrf"):
+            raise InvalidInput(f"fusion must be 'zscore' or 'rrf', got {self.fusion!r}")
         if self.rrf_k is not None and self.rrf_k < 1:
             raise InvalidInput(f"rrf_k must be >= 1 or None, got {self.rrf_k}")
-        if min(self.dense, self.bm25, self.graph, self.relevance, self.recency, self.importance) < 0:
+        if min(self.dense, self.bm25, self.graph, self.graph_z, self.relevance, self.recency, self.importance) < 0:
             raise InvalidInput("retrieval weights must be >= 0")
+        if not 0.0 <= self.assistant_turns <= 1.0:
+            raise InvalidInput(f"assistant_turns must be within [0, 1], got {self.assistant_turns}")
         if not 0.0 <= self.bm25_min_share <= 1.0:
             raise InvalidInput(f"bm25_min_share must be within [0, 1], got {self.bm25_min_share}")
         if self.candidates_per_k < 1 or self.context_turns < 0 or self.profile_cap < 0:
             raise InvalidInput("candidates_per_k must be >= 1, context_turns and profile_cap >= 0")
 
 
-# ------------------------------------------------------------------------------------- fusion
-
-
-def rrf(rankings: Sequence[Sequence[str]], *, k: int = 60, weights: Sequence[float] | None = None) -> dict[str, float]:
-    """Reciprocal-rank fusion: ``score(d) = Σ_i weights[i] / (k + rank_i(d))``, ranks 1-based.
-
-    An id absent from a ranking gets nothing from it; an id repeated within one ranking counts at its
-    best rank only. Returns ids → scores (unsorted; sort by value for the fused order).
-    """
-    if k < 1:
-        raise InvalidInput(f"rrf k must be >= 1, got {k}")
-    if weights is None:
-        weights = [1.0] * len(rankings)
-    if len(weights) != len(rankings):
-        raise InvalidInput(f"rrf got {len(rankings)} rankings but {len(weights)} weights; give one weight per ranking")
-    fused: dict[str, float] = defaultdict(float)
-    for ranking, weight in zip(rankings, weights):
-        seen: set[str] = set()
-        for rank, item in enumerate(ranking, start=1):
-            if item not in seen:
-                seen.add(item)
-                fused[item] += weight / (k + rank)
-    return dict(fused)
-
-
-def _fuse(channels: Mapping[str, Sequence[str]], weights: Mapping[str, float], k: int) -> dict[str, float]:
-    """RRF over named channels, divided by the best possible score so the result is in ``[0, 1]``."""
-    names = [n for n in channels if weights.get(n, 0.0) > 0.0]
-    if not names:
-        return {}
-    fused = rrf([channels[n] for n in names], k=k, weights=[weights[n] for n in names])
-    best = sum(weights[n] for n in names) / (k + 1)
-    return {item: score / best for item, score in fused.items()}
-
-
 def _ranked(scores: Mapping[str, float]) -> list[str]:
     return sorted(scores, key=lambda item: (-scores[item], item))
-
-
-# ---------------------------------------------------------------------------------- timeline
-
-
-@dataclass(frozen=True, order=True)
-class _Entry:
-    at: datetime
-    recorded_at: datetime
-    id: str
-    text: str = field(compare=False)
-    session_id: str = field(compare=False)
-
-
-class _Timeline:
-    """Each user's turns per session in time order, to give BM25 each turn's conversational context.
-
-    Not thread-safe by itself; :class:`HybridRetriever` holds its lock around every call.
-    """
-
-    def __init__(self, context_turns: int) -> None:
-        self._context = context_turns
-        self._sessions: dict[str, dict[str, list[_Entry]]] = {}  # user → session → sorted entries
-        self._where: dict[str, dict[str, _Entry]] = {}  # user → id → entry
-
-    def load(self, user_id: str, episodes: Sequence[Episode]) -> tuple[list[str], list[str]]:
-        """Replace the user's timeline → ``(ids, context texts)`` of every episode."""
-        self._sessions[user_id], self._where[user_id] = {}, {}
-        for episode in episodes:
-            self._insert(user_id, episode)
-        ids = list(self._where[user_id])
-        return ids, [self.context_text(user_id, i) for i in ids]
-
-    def add(self, user_id: str, episodes: Sequence[Episode]) -> tuple[list[str], list[str]]:
-        """Insert (or replace) episodes → ``(ids, texts)`` of every document whose context changed."""
-        self._sessions.setdefault(user_id, {})
-        self._where.setdefault(user_id, {})
-        touched: dict[str, None] = {}
-        for episode in episodes:
-            if episode.id in self._where[user_id]:  # a replaced turn: its old neighbours lose it
-                touched.update(dict.fromkeys(self.window(user_id, episode.id)))
-                self.remove(user_id, [episode.id])
-            self._insert(user_id, episode)
-            touched.update(dict.fromkeys(self.window(user_id, episode.id)))
-        ids = [i for i in touched if i in self._where[user_id]]
-        return ids, [self.context_text(user_id, i) for i in ids]
-
-    def remove(self, user_id: str, ids: Sequence[str]) -> None:
-        for episode_id in ids:
-            entry = self._where.get(user_id, {}).pop(episode_id, None)
-            if entry is not None:
-                session = self._sessions[user_id][entry.session_id]
-                session.pop(bisect.bisect_left(session, entry))
-
-    def drop(self, user_id: str) -> None:
-        self._sessions.pop(user_id, None)
-        self._where.pop(user_id, None)
-
-    def entry(self, user_id: str, episode_id: str) -> _Entry | None:
-        return self._where.get(user_id, {}).get(episode_id)
-
-    def _insert(self, user_id: str, episode: Episode) -> None:
-        entry = _Entry(episode.at, episode.recorded_at, episode.id, episode.text, episode.session_id)
-        bisect.insort(self._sessions[user_id].setdefault(episode.session_id, []), entry)
-        self._where[user_id][episode.id] = entry
-
-    def window(self, user_id: str, episode_id: str) -> list[str]:
-        """Ids of the episode and its ``context_turns`` neighbours on each side, in session order."""
-        entry = self._where[user_id][episode_id]
-        session = self._sessions[user_id][entry.session_id]
-        pos = bisect.bisect_left(session, entry)
-        return [e.id for e in session[max(0, pos - self._context) : pos + self._context + 1]]
-
-    def context_text(self, user_id: str, episode_id: str) -> str:
-        """The turn's neighbours and the turn itself twice: context helps recall, the turn's own words
-        still decide between neighbours (LoCoMo 1-2: recall@1 0.29 → 0.33, recall@10 unchanged)."""
-        entries = self._where[user_id]
-        window = self.window(user_id, episode_id)
-        return " ".join(entries[i].text for i in window + [episode_id])
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -303,8 +245,8 @@ class HybridRetriever:
     """Dense + BM25 + graph retrieval over one user's memory at a time. Thread-safe.
 
     Collaborators are injected (the :class:`memory.service.Memory` facade owns them); nothing is opened
-    here. ``bm25`` may be shared or private; this retriever feeds it context-expanded episode texts.
-    ``weights`` may be replaced between calls (e.g. for tuning), except ``context_turns``, which is read
+    here. ``bm25`` may be shared or private; this retriever feeds it context-expanded episode texts
+    (summaries get a private index of their own). ``weights`` may be replaced between calls (e.g. for tuning), except ``context_turns``, which is read
     once here because the index is built with it.
     """
 
@@ -323,7 +265,9 @@ class HybridRetriever:
         self._episodic, self._semantic, self._graph = episodic, semantic, graph
         self._embedder, self._bm25, self._clock, self._config = embedder, bm25, clock, config
         self.weights = weights or RetrievalWeights()
-        self._timeline = _Timeline(self.weights.context_turns)
+        self._timeline = DialogueTimeline(self.weights.context_turns)
+        self._summary_bm25 = BM25Index()  # over summary texts; its own index, never mixed with episodes
+        self._summaries: dict[str, dict[str, "MemoryItem"]] = {}  # user → summary id → item (the cache)
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ keeping the index current
@@ -362,11 +306,41 @@ class HybridRetriever:
             texts = [self._timeline.context_text(user_id, n) for n in live]
             self._bm25.add(user_id, live, texts)
 
+    def index_summaries(self, items: Sequence["MemoryItem"]) -> None:
+        """Make newly stored summaries searchable lexically (call after ``SemanticStore.add`` of summaries).
+
+        Items of another kind are ignored; a user whose summaries were never loaded loads them all on the
+        next retrieval instead.
+        """
+        by_user: dict[str, list["MemoryItem"]] = defaultdict(list)
+        for item in items:
+            if item.kind == "summary":
+                by_user[item.user_id].append(item)
+        with self._lock:
+            for user_id, batch in by_user.items():
+                if user_id in self._summaries:
+                    self._cache_summaries(user_id, batch)
+
+    def _cache_summaries(self, user_id: str, items: Sequence["MemoryItem"]) -> None:
+        """Add or replace summaries in the user's lexical cache. Caller holds the lock."""
+        self._summaries.setdefault(user_id, {}).update((i.id, i) for i in items)
+        if items:
+            self._summary_bm25.add(user_id, [i.id for i in items], [i.text for i in items])
+
+    def _ensure_summaries(self, user_id: str) -> None:
+        with self._lock:
+            if user_id not in self._summaries:
+                items = [i for i in self._semantic.get(user_id) if i.kind == "summary"]
+                self._summary_bm25.load_user(user_id, [i.id for i in items], [i.text for i in items])
+                self._summaries[user_id] = {i.id: i for i in items}
+
     def drop_user(self, user_id: str) -> None:
         """Forget the user's cached index (after ``forget`` or an import; it reloads on next use)."""
         with self._lock:
             self._timeline.drop(user_id)
             self._bm25.drop_user(user_id)
+            self._summaries.pop(user_id, None)
+            self._summary_bm25.drop_user(user_id)
 
     def mark_recalled(self, user_id: str, episode_ids: Sequence[str]) -> None:
         """Count one more recall of each episode and stamp ``last_recalled`` with the clock's now."""
@@ -386,13 +360,17 @@ class HybridRetriever:
         *,
         k_episodes: int | None = None,
         k_facts: int | None = None,
+        k_summaries: int | None = None,
         include_superseded: bool = False,
         as_of: datetime | None = None,
     ) -> Recollection:
-        """The user's profile, the ``k_facts`` most relevant facts and ``k_episodes`` episodes for ``query``."""
+        """The user's profile and the ``k_facts`` facts, ``k_episodes`` episodes and ``k_summaries``
+        session summaries most relevant to ``query`` (``None`` → the config's ``fact_k``/``recall_k``/
+        ``summary_k``; 0 skips that kind)."""
         k_episodes = self._config.recall_k if k_episodes is None else k_episodes
         k_facts = self._config.fact_k if k_facts is None else k_facts
-        self._check(user_id, query, k_episodes, k_facts)
+        k_summaries = self._config.summary_k if k_summaries is None else k_summaries
+        self._check(user_id, query, k_episodes, k_facts, k_summaries)
         as_of = to_utc(as_of) if as_of is not None else None
         now = as_of or self._clock.now()
         self.ensure_loaded(user_id)
@@ -403,22 +381,24 @@ class HybridRetriever:
         scored_facts, fact_counts = self._rank_facts(user_id, query, vector, facts, graph_facts, k_facts, include_superseded)
         graph_episodes = [e for f in graph_facts for e in f.source_episode_ids]
         episodes, episode_counts = self._rank_episodes(user_id, query, vector, graph_episodes, k_episodes, now, as_of)
+        summaries, summary_counts = self._rank_summaries(user_id, query, vector, k_summaries, as_of)
         current = [f for f in facts if f.current] if as_of is None else [f for f in facts if f.valid_at(as_of)]
         return Recollection(
             query=query,
             profile=_profile(current, self.weights.profile_cap),
             facts=scored_facts,
             episodes=episodes,
-            channels={**episode_counts, **fact_counts},
+            channels={**episode_counts, **fact_counts, **summary_counts},
+            summaries=summaries,
         )
 
     @staticmethod
-    def _check(user_id: str, query: str, k_episodes: int, k_facts: int) -> None:
+    def _check(user_id: str, query: str, k_episodes: int, k_facts: int, k_summaries: int) -> None:
         if not isinstance(user_id, str) or not user_id.strip():
             raise InvalidInput(f"user_id must be a non-empty string, got {user_id!r}")
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query must be a non-empty string; pass the user's message or question")
-        for name, value in (("k_episodes", k_episodes), ("k_facts", k_facts)):
+        for name, value in (("k_episodes", k_episodes), ("k_facts", k_facts), ("k_summaries", k_summaries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidInput(f"{name} must be an int >= 0, got {value!r}")
 
@@ -455,7 +435,7 @@ class HybridRetriever:
             "bm25": self._fact_bm25(query, list(by_id.values()), n),
             "graph": [f.id for f in graph_facts if f.id in by_id],
         }
-        fused = _fuse(channels, self._channel_weights(), self._rrf_k())
+        fused = normalized_rrf(channels, self._channel_weights(), self._rrf_k())
         top = _ranked(fused)[:k]
         scored = [ScoredFact(by_id[i], self.weights.relevance * fused[i] + self.weights.importance * by_id[i].confidence) for i in top]
         scored.sort(key=lambda s: -s.score)
@@ -494,20 +474,27 @@ class HybridRetriever:
         n = k * self.weights.candidates_per_k
         where = {"at": {"$lte": as_of}} if as_of is not None else None
         hits = {h.id: h for h in self._episodic.query(user_id, vector, n, where=where)}
+        lexical = self._bm25.search(user_id, query, n, normalized=True)  # scores: shares of the query's IDF
         channels = {
             "dense": list(hits),
-            "bm25": [i for i, _ in self._bm25.search(user_id, query, n, min_share=self.weights.bm25_min_share)],
+            "bm25": [i for i, share in lexical if share >= self.weights.bm25_min_share],
             "graph": list(dict.fromkeys(graph_episodes)),
         }
-        fused = _fuse(channels, self._channel_weights(), self._rrf_k())
+        if self.weights.fusion == "rrf":
+            fused = normalized_rrf(channels, self._channel_weights(), self._rrf_k())
+        else:
+            scored = {"dense": [(i, h.similarity) for i, h in hits.items()], "bm25": lexical}
+            fused = zscore_fusion(scored, self._channel_weights(), floors={"bm25": self.weights.bm25_min_share},
+                                  ranked={"graph": channels["graph"]}, rank_z=self.weights.graph_z, k=self._rrf_k())
         # Recency/importance only reorder candidates that relevance put in contention.
         pool = _ranked(fused)[: max(n, k)]
         meta = self._episode_metadata(user_id, pool, hits)
         if as_of is not None:
             pool = [i for i in pool if i in meta and (at := _meta_time(meta[i], "at")) is not None and at <= as_of]
-        scored = [self._score_episode(i, fused[i], meta[i], channels, now) for i in pool if i in meta]
-        scored.sort(key=lambda s: (-s.score, s.episode_id))
-        return scored[:k], {name: len(ids) for name, ids in channels.items()}
+        found = {name: set(ids) for name, ids in channels.items()}
+        ranked = [self._score_episode(i, fused[i], meta[i], found, now) for i in pool if i in meta]
+        ranked.sort(key=lambda s: (-s.score, s.episode_id))
+        return ranked[:k], {name: len(ids) for name, ids in channels.items()}
 
     def _episode_metadata(self, user_id: str, ids: Sequence[str], hits: Mapping[str, "Hit"]) -> dict[str, dict[str, Any]]:
         """Metadata (+ ``text``) of each candidate: from its dense hit, else one scoped store read."""
@@ -526,13 +513,15 @@ class HybridRetriever:
         return meta
 
     def _score_episode(
-        self, episode_id: str, fused: float, meta: Mapping[str, Any], channels: Mapping[str, Sequence[str]], now: datetime
+        self, episode_id: str, fused: float, meta: Mapping[str, Any], found: Mapping[str, set[str]], now: datetime
     ) -> ScoredEpisode:
         w = self.weights
         at = _meta_time(meta, "at") or now
         last = _meta_time(meta, "last_recalled") or at
         stability = stability_days(self._config.half_life_days, int(meta.get("recall_count", 0)))
         importance = float(meta.get("importance", 0.5))
+        if meta.get("role") == "assistant":
+            fused *= w.assistant_turns
         score = w.relevance * fused + w.recency * retention(now, last, stability) + w.importance * importance
         return ScoredEpisode(
             episode_id=episode_id,
@@ -541,8 +530,43 @@ class HybridRetriever:
             session_id=str(meta.get("session_id", "")),
             role=str(meta.get("role", "user")),
             score=score,
-            sources=tuple(name for name, ids in channels.items() if episode_id in ids),
+            sources=tuple(name for name, ids in found.items() if episode_id in ids),
         )
+
+    # -------------------------------------------------------------------------------- summaries
+
+    def _rank_summaries(
+        self, user_id: str, query: str, vector: Any, k: int, as_of: datetime | None
+    ) -> tuple[list[ScoredSummary], dict[str, int]]:
+        """Dense + BM25 over the user's session summaries, fused by RRF (a user has one per old session).
+
+        ``as_of`` keeps the summaries whose span had ended by then (a summary's ``at``).
+        """
+        if k == 0:
+            return [], {"summary_dense": 0, "summary_bm25": 0}
+        n = k * self.weights.candidates_per_k
+        where = {"at": {"$lte": as_of}} if as_of is not None else None
+        hits = self._semantic.query(user_id, vector, n, kinds=["summary"], where=where)
+        self._ensure_summaries(user_id)
+        with self._lock:
+            cache = self._summaries[user_id]
+            unseen = [h for h in hits if h.id not in cache]  # written without index_summaries: learn them now
+            if unseen:
+                self._cache_summaries(user_id, self._semantic.get(user_id, [h.id for h in unseen]))
+            items = dict(cache)
+        lexical = [i for i, _ in self._summary_bm25.search(user_id, query, n) if i in items]
+        channels = {
+            "dense": [h.id for h in hits if h.id in items],
+            "bm25": [i for i in lexical if as_of is None or items[i].at <= as_of],
+        }
+        fused = normalized_rrf(channels, {"dense": self.weights.dense, "bm25": self.weights.bm25}, self._rrf_k())
+        found = {name: set(ids) for name, ids in channels.items()}
+        summaries = [
+            ScoredSummary(i, items[i].text, items[i].at, items[i].source_episode_ids, self.weights.relevance * fused[i],
+                          tuple(name for name, ids in found.items() if i in ids))
+            for i in _ranked(fused)[:k]
+        ]
+        return summaries, {f"summary_{name}": len(ids) for name, ids in channels.items()}
 
     def _channel_weights(self) -> dict[str, float]:
         return {"dense": self.weights.dense, "bm25": self.weights.bm25, "graph": self.weights.graph}

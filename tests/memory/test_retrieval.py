@@ -1,8 +1,9 @@
 """Hybrid retrieval against the real stack: embedded Chroma, the real MiniLM embedder, the SQLite-backed graph.
 
 What a user would notice: the right turn comes back whether the question shares its words, its meaning,
-its conversational context or an entity in the graph; outdated facts stay hidden; nobody sees anybody
-else's memories; memories fade with time and fade slower once recalled.
+its conversational context or an entity in the graph; a stated preference comes back for a question that
+depends on it among unrelated chatter; old sessions come back as their summaries; outdated facts stay
+hidden; nobody sees anybody else's memories; memories fade with time and fade slower once recalled.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from memory.errors import InvalidInput
 from memory.extraction.base import Candidate
 from memory.graph import KnowledgeGraph
 from memory.records import Episode, FactAdded, FactSuperseded
-from memory.retrieval import HybridRetriever, RetrievalWeights, rrf
+from memory.retrieval import HybridRetriever, RetrievalWeights, rrf, zscore_fusion
 from memory.stores import EpisodicStore, MemoryItem, SemanticStore
 
 T0 = utc(2024, 5, 1, 9, 0)
@@ -147,9 +148,9 @@ class World:
         )
 
     def say(self, user: str, text: str, *, session: str = "s1", at_minutes: int = 0,
-            claims: tuple[Candidate, ...] = ()) -> Episode:
+            claims: tuple[Candidate, ...] = (), role: str = "user") -> Episode:
         """What the facade does per turn: store the episode, index it, apply claims, mirror facts."""
-        episode = Episode(user, session, "user", text, T0 + timedelta(minutes=at_minutes), self.clock.now())
+        episode = Episode(user, session, role, text, T0 + timedelta(minutes=at_minutes), self.clock.now())  # type: ignore[arg-type]
         self.episodic.add([episode])
         self.retriever.index([episode])
         events = self.graph.apply(user, list(claims), episode_id=episode.id, at=episode.at)
@@ -282,3 +283,111 @@ def test_removed_episodes_stop_coming_back(world: World) -> None:
 def test_bad_requests_say_what_was_wrong(world: World, kwargs: dict) -> None:
     with pytest.raises(InvalidInput):
         world.retriever.retrieve(**kwargs)
+
+
+# ---------------------------------------------------------------------------------- z-score fusion
+
+
+def test_zscore_fusion_trusts_a_hit_that_stands_out_over_flat_agreement() -> None:
+    # dense: "pref" far above a flat list; bm25: a flat list in which "noise" is first by a hair.
+    dense = [("pref", 0.60)] + [(f"d{i}", 0.10 + 0.001 * i) for i in range(20)] + [("noise", 0.11)]
+    bm25 = [("noise", 0.20)] + [(f"d{i}", 0.19) for i in range(10)]
+    fused = zscore_fusion({"dense": dense, "bm25": bm25}, {"dense": 0.7, "bm25": 1.0})
+    assert fused["pref"] == 1.0 and fused["noise"] < fused["pref"]
+    by_rank = rrf([[i for i, _ in dense], [i for i, _ in bm25]], k=10, weights=[0.7, 1.0])
+    assert by_rank["noise"] > by_rank["pref"]  # what ranks alone make of the same lists
+
+
+def test_zscore_fusion_floors_flat_lists_and_ranked_channels() -> None:
+    hits = [("a", 0.5), ("b", 0.3), ("c", 0.1)]
+    floored = zscore_fusion({"bm25": hits}, {"bm25": 1.0}, floors={"bm25": 0.4})
+    assert floored["a"] == 1.0 and floored["b"] == floored["c"] == 0.0  # below the floor: counted, adds nothing
+    assert zscore_fusion({"dense": [("only", 0.9)]}, {"dense": 1.0}) == {"only": 0.0}  # no spread, still a candidate
+    graph = zscore_fusion({"dense": hits}, {"dense": 1.0, "graph": 1.0}, ranked={"graph": ["c"]}, rank_z=3.0)
+    assert max(graph, key=graph.get) == "c"  # a graph hit of rank 1 counts as 3 deviations up
+    assert zscore_fusion({}, {"dense": 1.0}) == {}
+
+
+def test_weights_and_config_agree_on_rrf_k() -> None:
+    assert RetrievalWeights().rrf_k is None and MemoryConfig(home="/tmp/x").rrf_k == 10
+    with pytest.raises(InvalidInput):
+        RetrievalWeights(fusion="max")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- stated preferences
+
+FILLER = [
+    "Can you recommend a good laptop for programming under 1000 dollars?",
+    "Write a Python function that reverses a linked list.",
+    "What is the capital of Australia?",
+    "Explain how a transformer model uses attention.",
+    "Can you recommend some podcasts about history?",
+    "How do I fix a leaking kitchen tap?",
+    "Summarize the plot of Moby Dick in three sentences.",
+    "What are good stretches after a long run?",
+    "Translate 'good morning' into Portuguese and Spanish.",
+    "Give me a packing list for a weekend in Lisbon.",
+    "What's the difference between TCP and UDP?",
+    "Recommend a board game for four players.",
+    "How long should I boil an egg for a runny yolk?",
+    "Draft a polite email asking my landlord to fix the heating.",
+    "Which places in Lisbon have the best views at sunset?",
+    "What is a good name for a golden retriever puppy?",
+    "Can you suggest a budget spreadsheet layout?",
+    "Explain compound interest with an example.",
+    "How many players are on a rugby union team?",
+    "What should I look for when buying a used bicycle?",
+]
+
+
+def test_a_stated_preference_is_recalled_for_a_question_that_shares_no_words_with_it(world: World) -> None:
+    stated = world.say("gina", "I'm strictly vegetarian, I never eat meat or fish.", session="g0")
+    for i, text in enumerate(FILLER):
+        world.say("gina", text, session=f"g{1 + i // 5}", at_minutes=60 * 24 * (1 + i // 5) + i)
+    got = world.retriever.retrieve("gina", "Can you recommend some restaurants in Lisbon for dinner tonight?",
+                                   k_episodes=5, k_facts=0)
+    assert stated.id in got.episode_ids
+
+
+def test_the_users_own_words_outrank_an_assistant_reply_that_echoes_the_question(world: World) -> None:
+    said = world.say("ivan", "I love hiking in the Alps every summer.", session="i1")
+    echo = world.say("ivan", "Tips for hiking in the Alps: start early and book the huts.", session="i2", role="assistant")
+    for i, text in enumerate(FILLER[:8]):
+        world.say("ivan", text, session="i3", at_minutes=10 + i)
+    query = "Any tips for hiking in the Alps?"
+    assert world.fresh_retriever(assistant_turns=1.0).retrieve("ivan", query, k_episodes=2, k_facts=0).episode_ids[0] == echo.id
+    assert world.retriever.retrieve("ivan", query, k_episodes=2, k_facts=0).episode_ids == [said.id, echo.id]
+
+
+# ------------------------------------------------------------------------------------------ summaries
+
+
+def test_a_summary_of_an_old_session_is_recalled_for_a_query_about_it(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from memory.consolidation import consolidate
+    from memory.service import Memory
+
+    clock = ManualClock(T0)
+    with Memory(MemoryConfig(home=tmp_path), embedder=embedder, clock=clock) as mem:
+        sessions = {
+            "trip": ["We are planning a trip to Kyoto in April.", "I want to see the cherry blossoms at Maruyama Park."],
+            "car": ["My car makes a grinding noise when I brake.", "The garage says the brake pads are worn out."],
+            "work": ["I have a performance review on Friday.", "I am preparing slides about our Q3 results."],
+        }
+        for day, (session, texts) in enumerate(sessions.items()):
+            for minute, text in enumerate(texts):
+                mem.remember("hana", text, session_id=session, at=T0 + timedelta(days=day, minutes=minute))
+        clock.advance(timedelta(days=30))
+        assert consolidate(mem, "hana").summaries_added == 3
+
+        got = mem.retriever.retrieve("hana", "What did we talk about for the Japan holiday?", k_episodes=0, k_facts=0)
+        assert "Kyoto" in got.summaries[0].text and got.summaries[0].source_episode_ids
+        assert got.channels["summary_dense"] == 3
+
+        # a rare word reaches the summary lexically too (its cache was loaded from the store)
+        lexical = mem.retriever.retrieve("hana", "Maruyama", k_episodes=0, k_facts=0, k_summaries=1)
+        assert "bm25" in lexical.summaries[0].sources and "Kyoto" in lexical.summaries[0].text
+
+        then = mem.retriever.retrieve("hana", "performance review slides", k_episodes=0, k_facts=0,
+                                      as_of=T0 + timedelta(days=1, hours=1))
+        assert then.summaries and not any("review" in s.text for s in then.summaries)  # that session came later
+        assert mem.retriever.retrieve("hana", "brake pads", k_episodes=1, k_facts=0, k_summaries=0).summaries == []
