@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 _STATE_TYPES = [
     ("memory.records", name) for name in
     ("Episode", "Fact", "FactAdded", "FactSuperseded", "FactRetracted", "PreferenceDrift", "StyleDrift")
-] + [("memory.retrieval", name) for name in ("Recollection", "ScoredEpisode", "ScoredFact")]
+] + [("memory.retrieval", name) for name in ("Recollection", "ScoredEpisode", "ScoredFact", "ScoredSummary")]
 
 
 def checkpoint_serde() -> Any:

@@ -5,8 +5,8 @@ change, and memory goes into the user's turn as a labelled block of notes — fa
 person sentences, past turns as quotations — with chat-template control tokens removed. (Small local
 models use notes in the user turn far better than in the system message; measured on SmolLM2-135M.)
 
-Budget order (what is dropped first when the budget is short): oldest conversation history, then the
-lowest-scored episodes, then the lowest-scored facts, then profile lines beyond the first few.
+Budget order (what is dropped first when the budget is short): oldest conversation history, then
+session summaries, then the lowest-scored episodes, then the lowest-scored facts, then profile lines beyond the first few.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class BuiltPrompt:
     profile_lines: list[str] = field(default_factory=list)
     fact_lines: list[str] = field(default_factory=list)
     episode_lines: list[str] = field(default_factory=list)
+    summary_lines: list[str] = field(default_factory=list)
     dropped: int = 0  # memory lines and history messages left out for the budget
 
 
@@ -108,14 +109,14 @@ def build_prompt(
 ) -> BuiltPrompt:
     """System message (instructions + quoted memory) + recent history + the new user message."""
     budget = budget or PromptBudget()
-    profile, facts, episodes = _memory_lines(user_id, recollection, budget)
+    profile, facts, episodes, summaries = _memory_lines(user_id, recollection, budget)
     history = list(history)[-budget.max_history_messages:]
     dropped = 0
 
     def render() -> tuple[list[BaseMessage], int]:
         system = SYSTEM_INSTRUCTIONS + (f" Today is {_day(now)}." if now is not None else "")
         msgs: list[BaseMessage] = [SystemMessage(system), *history,
-                                   HumanMessage(_user_text(message, profile, facts, episodes))]
+                                   HumanMessage(_user_text(message, profile, facts, episodes, summaries))]
         # Chat templates add a few tokens per message; 6 is generous for ChatML.
         total = sum(count_tokens(str(m.content)) + 6 for m in msgs)
         return msgs, total
@@ -124,6 +125,8 @@ def build_prompt(
     while total > budget.max_prompt_tokens:
         if history:
             history.pop(0)
+        elif summaries:
+            summaries.pop()
         elif episodes:
             episodes.pop()
         elif facts:
@@ -135,12 +138,13 @@ def build_prompt(
         dropped += 1
         msgs, total = render()
     return BuiltPrompt(messages=msgs, tokens=total, profile_lines=profile, fact_lines=facts,
-                       episode_lines=episodes, dropped=dropped)
+                       episode_lines=episodes, summary_lines=summaries, dropped=dropped)
 
 
-def _memory_lines(user_id: str, rec: "Recollection | None", budget: PromptBudget) -> tuple[list[str], list[str], list[str]]:
+def _memory_lines(user_id: str, rec: "Recollection | None", budget: PromptBudget,
+                  ) -> tuple[list[str], list[str], list[str], list[str]]:
     if rec is None:
-        return [], [], []
+        return [], [], [], []
     profile = [render_fact(f, user_id) for f in rec.profile[: budget.max_profile_lines]]
     shown = set(profile)
     facts = []
@@ -151,14 +155,17 @@ def _memory_lines(user_id: str, rec: "Recollection | None", budget: PromptBudget
             shown.add(line)
     # Only the user's own past words: the model's earlier replies are not evidence about the user.
     episodes = [f"[{_day(e.at)}] {quote_memory(e.text)}" for e in rec.episodes if e.role == "user"]
-    return profile, facts, episodes
+    summaries = [quote_memory(s.text) for s in getattr(rec, "summaries", [])]
+    return profile, facts, episodes, summaries
 
 
-def _user_text(message: str, profile: list[str], facts: list[str], episodes: list[str]) -> str:
+def _user_text(message: str, profile: list[str], facts: list[str], episodes: list[str], summaries: list[str]) -> str:
     """The user's message, preceded by the quoted memory notes when there are any."""
-    if not (profile or facts or episodes):
+    if not (profile or facts or episodes or summaries):
         return message
     lines = [MEMORY_OPEN, *(f"- {line}" for line in profile + facts)]
     if episodes:
         lines += ["Earlier I said:", *(f"- {line}" for line in episodes)]
+    if summaries:
+        lines += ["Older sessions:", *(f"- {line}" for line in summaries)]
     return "\n".join(lines) + f"\n\n{MEMORY_CLOSE} {message}"

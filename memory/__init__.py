@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from memory.graph import GraphEvent, HistoryEntry, KnowledgeGraph
     from memory.langgraph_store import ChromaStore
     from memory.relations import DIMENSIONS, RELATIONS
-    from memory.retrieval import HybridRetriever, Recollection, ScoredEpisode, ScoredFact
+    from memory.retrieval import HybridRetriever, Recollection, ScoredEpisode, ScoredFact, ScoredSummary
     from memory.service import Memory, Remembered
     from memory.stores import EpisodicStore, MemoryItem, SemanticStore
 
@@ -53,6 +53,7 @@ _LAZY = {
     "Recollection": "memory.retrieval",
     "ScoredEpisode": "memory.retrieval",
     "ScoredFact": "memory.retrieval",
+    "ScoredSummary": "memory.retrieval",
     "HybridRetriever": "memory.retrieval",
     "EpisodicStore": "memory.stores",
     "SemanticStore": "memory.stores",

@@ -76,6 +76,7 @@ def _summarize(mem: "Memory", user_id: str, sessions: dict[str, list[Episode]]) 
              if summary_id(user_id, s) not in existing]
     if items:
         mem.semantic.add(items, mem.embedder.embed([i.text for i in items]))
+        mem.retriever.index_summaries(items)
     return len(items)
 
 

@@ -182,3 +182,21 @@ def test_the_embed_demo_runs(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "lives in: Lisbon" in out.stdout and "likes: surfing" in out.stdout
+
+
+def test_session_summaries_reach_the_prompt_and_are_dropped_first_under_budget() -> None:
+    from memory.retrieval import Recollection, ScoredEpisode, ScoredSummary
+
+    rec = Recollection(
+        query="q", profile=[], facts=[],
+        episodes=[ScoredEpisode("ep1", "I adopted a cat called Miso.", utc(2026, 1, 2), "s1", "user", 0.9, ("dense",))],
+        summaries=[ScoredSummary("sum1", "Session of 2025-12-01. The user said: planning a trip to Kyoto", utc(2025, 12, 1),
+                                 ("ep0",), 0.5, ("dense",))],
+    )
+    words = lambda text: len(text.split())  # noqa: E731 - a tokenizer stand-in: one token per word
+    roomy = build_prompt(user_id="u", message="What are my plans?", recollection=rec, history=[], count_tokens=words)
+    assert "Older sessions:" in roomy.messages[-1].content and "Kyoto" in roomy.messages[-1].content
+    tight_budget = PromptBudget(max_prompt_tokens=roomy.tokens - 5)
+    tight = build_prompt(user_id="u", message="What are my plans?", recollection=rec, history=[], count_tokens=words,
+                         budget=tight_budget)
+    assert "Kyoto" not in tight.messages[-1].content and "Miso" in tight.messages[-1].content
