@@ -259,16 +259,12 @@ def memory_forget(user: UserOpt, yes: Annotated[bool, typer.Option("--yes", help
     _setup(verbose)
     if not yes and not typer.confirm(f"erase all memories of {user}?"):
         raise typer.Exit(1)
-    from agent.graph import make_checkpointer
+    from agent.graph import forget_threads, make_checkpointer
 
     s = _settings(home)
     mem = _memory(s)
     removed = mem.forget(user)
-    saver = make_checkpointer(s.home, s.postgres_url)
-    threads = {c.config["configurable"]["thread_id"] for c in saver.list(None)}
-    for thread in (t for t in threads if t.startswith(f"{user}:")):
-        saver.delete_thread(thread)
-        removed["threads"] = removed.get("threads", 0) + 1
+    removed["threads"] = forget_threads(make_checkpointer(s.home, s.postgres_url), user)
     console.print(f"forgot {user}: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
     mem.close()
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from memory import ChangeEvent, Memory
     from memory.retrieval import Recollection
 
-__all__ = ["build_graph", "PersonalAgent", "TurnResult", "make_checkpointer", "checkpoint_serde"]
+__all__ = ["build_graph", "PersonalAgent", "TurnResult", "make_checkpointer", "checkpoint_serde", "forget_threads",
+           "user_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,21 @@ def make_checkpointer(home: Path, postgres_url: str | None = None) -> "BaseCheck
     home.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(home / "checkpoints.sqlite"), check_same_thread=False)
     return SqliteSaver(conn, serde=checkpoint_serde())
+
+
+def user_threads(saver: "BaseCheckpointSaver", user_id: str) -> list[str]:
+    """The thread ids of ``user_id`` in ``saver`` (threads are named ``"{user_id}:{session_id}"``)."""
+    prefix = f"{user_id}:"
+    return sorted({c.config["configurable"]["thread_id"] for c in saver.list(None)
+                   if c.config["configurable"]["thread_id"].startswith(prefix)})
+
+
+def forget_threads(saver: "BaseCheckpointSaver", user_id: str) -> int:
+    """Delete every conversation thread of ``user_id``; returns how many."""
+    threads = user_threads(saver, user_id)
+    for thread in threads:
+        saver.delete_thread(thread)
+    return len(threads)
 
 
 def build_graph(memory: "Memory", chat_model: BaseChatModel, *, count_tokens: Callable[[str], int],
@@ -158,18 +174,12 @@ class PersonalAgent:
 
     def threads(self, user_id: str) -> list[str]:
         """The checkpointed conversation threads of ``user_id``."""
-        prefix = f"{user_id}:"
-        saver = self.graph.checkpointer
-        seen = {c.config["configurable"]["thread_id"] for c in saver.list(None)}  # type: ignore[union-attr]
-        return sorted(t for t in seen if t.startswith(prefix))
+        return user_threads(self.graph.checkpointer, user_id)  # type: ignore[arg-type]
 
     def forget(self, user_id: str) -> dict[str, int]:
         """Erase the user everywhere: memory (episodes, facts, graph log) and their conversation threads."""
         removed = self.memory.forget(user_id)
-        threads = self.threads(user_id)
-        for thread in threads:
-            self.graph.checkpointer.delete_thread(thread)  # type: ignore[union-attr]
-        return {**removed, "threads": len(threads)}
+        return {**removed, "threads": forget_threads(self.graph.checkpointer, user_id)}  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Stop the update worker and close the checkpointer's connection (if it has one)."""

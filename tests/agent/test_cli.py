@@ -61,7 +61,7 @@ def test_memory_commands_show_export_and_forget(cli_env: dict[str, str], tmp_pat
     assert runner.invoke(app, ["memory", "export", "--user", "ann", "--out", str(out)], env=cli_env).exit_code == 0
     assert "Turin" in out.read_text()
     forgot = runner.invoke(app, ["memory", "forget", "--user", "ann", "--yes"], env=cli_env)
-    assert forgot.exit_code == 0
+    assert forgot.exit_code == 0 and "threads 1" in forgot.output  # the conversation thread went too
     assert "lives in: Turin" not in runner.invoke(app, ["memory", "show", "--user", "ann"], env=cli_env).output
     missing = runner.invoke(app, ["memory", "export", "--user", "nobody"], env=cli_env)
     assert "no memories are stored" in missing.output
