@@ -37,17 +37,20 @@ _BREAKERS = (ZERO_WIDTH, " ")  # the visible one only where a normalizer removes
 _ROUNDS = 4  # breaking can (rarely) expose another match; a few re-checks settle it
 
 
+def _added_special(tokenizer: "PreTrainedTokenizerBase") -> dict[int, str]:
+    """Added tokens marked special (id → text); ``all_special_tokens`` leaves many of them out."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return {i: getattr(tok, "content", str(tok)) for i, tok in added.items() if getattr(tok, "special", False)}
+
+
 def special_token_ids(tokenizer: "PreTrainedTokenizerBase") -> frozenset[int]:
     """Ids of the tokenizer's special tokens: the named ones and every added token marked special."""
-    ids = set(tokenizer.all_special_ids)
-    ids |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
-    return frozenset(ids)
+    return frozenset(tokenizer.all_special_ids) | frozenset(_added_special(tokenizer))
 
 
 def special_token_texts(tokenizer: "PreTrainedTokenizerBase") -> list[str]:
     """The texts of those tokens, longest first (so a token containing another is matched whole)."""
-    texts = set(tokenizer.all_special_tokens)
-    texts |= {getattr(tok, "content", str(tok)) for tok in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(tok, "special", False)}
+    texts = set(tokenizer.all_special_tokens) | set(_added_special(tokenizer).values())
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
@@ -63,30 +66,39 @@ class SpecialTokenGuard:
 
     def neutralize(self, text: str) -> str:
         """``text`` with no span that the tokenizer would read as one of its special tokens."""
-        if self._pattern is None:
-            return text
-        text = self._pattern.sub(lambda m: m.group()[0] + ZERO_WIDTH + m.group()[1:], text)
+        return self.neutralize_all([text])[0]
+
+    def neutralize_all(self, texts: list[str]) -> list[str]:
+        """:meth:`neutralize` for several texts, checked in one batched tokenizer call (about 3× faster
+        than one call per message for an agent prompt; ``bench/encode_chat.py``)."""
+        if self._pattern is None or not texts:
+            return list(texts)
+        texts = [self._pattern.sub(lambda m: m.group()[0] + ZERO_WIDTH + m.group()[1:], t) for t in texts]
         if not self._has_offsets:
-            if self._special_in(text):
-                raise InvalidRequest(f"the message {text[:80]!r}… still contains this tokenizer's control tokens after "
-                                     "they were broken up; remove them from the message")
-            return text
-        return self._break_spans(text)
+            for text in texts:
+                if self._special_in(text):
+                    raise InvalidRequest(f"the message {text[:80]!r}… still contains this tokenizer's control tokens "
+                                         "after they were broken up; remove them from the message")
+            return texts
+        spans = self._special_spans(texts)
+        return [self._break_spans(t) if s else t for t, s in zip(texts, spans)]
 
     def _break_spans(self, text: str) -> str:
         for breaker in _BREAKERS:
             candidate = text
             for _ in range(_ROUNDS):
-                spans = self._special_spans(candidate)
+                spans = self._special_spans([candidate])[0]
                 if not spans:
                     return candidate
                 candidate = _insert(candidate, spans, breaker)
         raise InvalidRequest(f"part of the message {text[:80]!r}… becomes one of this tokenizer's control tokens "
                              "however it is broken up; remove it from the message")
 
-    def _special_spans(self, text: str) -> list[tuple[int, int]]:
-        enc = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(span) for i, span in zip(enc["input_ids"], enc["offset_mapping"]) if i in self.special_ids]
+    def _special_spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Per text, the character spans the tokenizer turns into special tokens."""
+        enc = self._tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [[tuple(span) for i, span in zip(ids, offsets) if i in self.special_ids]
+                for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])]
 
     def _special_in(self, text: str) -> bool:
         return any(i in self.special_ids for i in self._tokenizer(text, add_special_tokens=False)["input_ids"])

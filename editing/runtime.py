@@ -127,7 +127,8 @@ class LocalModel:
         for m in messages:
             if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
                 raise InvalidRequest(f"bad chat message {m!r}: need role in system/user/assistant and a str content")
-        safe = [{"role": m["role"], "content": self.guard.neutralize(m["content"])} for m in messages]
+        contents = self.guard.neutralize_all([m["content"] for m in messages])
+        safe = [{"role": m["role"], "content": c} for m, c in zip(messages, contents)]
         ids = self.tokenizer.apply_chat_template(
             safe, add_generation_prompt=add_generation_prompt, return_tensors="pt", return_dict=True
         )["input_ids"]
