@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from agent.errors import InvalidDocument, NoUserData, UserDataError
 from memory.clock import Clock, SystemClock
 from memory.errors import UnknownUser
+from memory.portability import EXPORT_FORMAT as MEMORY_EXPORT_FORMAT  # accepted by import_ as the memory part
 from memory.validation import check_user_id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,9 +108,11 @@ class UserData:
                 "exported_at": self._clock.now().isoformat(), "pllm_version": _pllm_version(), "parts": parts}
 
     def import_(self, document: Mapping[str, Any], *, user_id: str | None = None) -> dict[str, int]:
-        """Load an ``export`` document (under ``user_id`` if given); returns records loaded per part."""
+        """Load an ``export`` document (under ``user_id`` if given); returns records loaded per part.
+
+        A memory-only document (``Memory.export``'s) is accepted as the ``memory`` part alone."""
         parts = _check_document(document, known=self._parts)
-        target = check_user_id(user_id if user_id is not None else document["user_id"])
+        target = check_user_id(user_id if user_id is not None else document.get("user_id"))
         done: dict[str, int] = {}
         for name, part in self._parts.items():
             if name not in parts:
@@ -180,9 +183,11 @@ def _check_document(document: Any, *, known: Mapping[str, Any]) -> Mapping[str, 
     """The document's parts, after checking everything a part cannot check for itself."""
     if not isinstance(document, Mapping):
         raise InvalidDocument(f"a user export is a JSON object, got {type(document).__name__}")
+    if document.get("format") == MEMORY_EXPORT_FORMAT and "memory" in known:
+        return {"memory": document}  # a memory-only export (``pllm memory export`` before this registry)
     if document.get("format") != EXPORT_FORMAT:
-        hint = " (a memory-only export: import it with Memory.import_)" if document.get("format") == "pllm.memory.export" else ""
-        raise InvalidDocument(f"not a pllm user export: format {document.get('format')!r}, expected {EXPORT_FORMAT!r}{hint}")
+        raise InvalidDocument(f"not a pllm user export: format {document.get('format')!r}, expected {EXPORT_FORMAT!r} "
+                              f"(or a memory export, {MEMORY_EXPORT_FORMAT!r})")
     if document.get("version") != EXPORT_VERSION:
         raise InvalidDocument(f"user export version {document.get('version')!r} is not supported "
                               f"(this pllm reads version {EXPORT_VERSION})")

@@ -117,8 +117,8 @@ def test_a_bad_document_is_refused_before_anything_is_written(memory) -> None:
     memory.remember("ana", "I live in Lisbon.")
     doc = data.export("ana")
     memory.forget("ana")
-    with pytest.raises(InvalidDocument, match="memory-only export"):
-        data.import_(doc["parts"]["memory"])
+    with pytest.raises(InvalidDocument, match="not a pllm user export: format 'pllm.adapters'"):
+        data.import_({**doc, "format": "pllm.adapters"})
     with pytest.raises(InvalidDocument, match="version 9"):
         data.import_({**doc, "version": 9})
     with pytest.raises(InvalidDocument, match="parts this stack does not hold: edits"):
@@ -126,6 +126,7 @@ def test_a_bad_document_is_refused_before_anything_is_written(memory) -> None:
     with pytest.raises(UserDataError, match="session 0 of the 'threads' part is not valid"):
         data.import_({**doc, "parts": {**doc["parts"], "threads": {"sessions": [{"session_id": "s1"}]}}})
     assert memory.episodes("ana") == []  # nothing of any attempt stayed
+    assert data.import_(doc["parts"]["memory"]) == {"memory": 1}  # a memory-only export is still accepted
 
 
 def test_chroma_store_namespaces_are_part_of_a_users_data(tmp_path: Path, embedder) -> None:
