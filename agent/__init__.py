@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 from memory.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agent.capabilities import Capabilities
     from agent.chat_model import PllmChatModel, to_chat_turns
+    from agent.errors import PLLM_ERRORS, AgentError, InvalidDocument, InvalidTurn, NoUserData, UserDataError
     from agent.graph import PersonalAgent, TurnResult, build_graph, make_checkpointer
+    from agent.lifecycle import MemoryPart, StorePart, ThreadsPart, UserData, UserDataPart, open_user_data
     from agent.nodes import (
         Context,
         MemoryState,
@@ -24,9 +27,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from agent.policy import DefaultPolicy, Job, UpdatePolicy, UpdateWorker
     from agent.prompt import PromptBudget, build_prompt
     from agent.settings import Settings
-    from agent.stack import Stack, build_stack
+    from agent.stack import Stack, build_stack, stack_capabilities
+    from agent.threads import ThreadRegistry, thread_id_for
 
 _EXPORTS = {
+    "Capabilities": "agent.capabilities",
+    "AgentError": "agent.errors",
+    "InvalidDocument": "agent.errors",
+    "InvalidTurn": "agent.errors",
+    "NoUserData": "agent.errors",
+    "UserDataError": "agent.errors",
+    "PLLM_ERRORS": "agent.errors",
+    "MemoryPart": "agent.lifecycle",
+    "StorePart": "agent.lifecycle",
+    "ThreadsPart": "agent.lifecycle",
+    "UserData": "agent.lifecycle",
+    "UserDataPart": "agent.lifecycle",
+    "open_user_data": "agent.lifecycle",
+    "ThreadRegistry": "agent.threads",
+    "thread_id_for": "agent.threads",
+    "stack_capabilities": "agent.stack",
     "PllmChatModel": "agent.chat_model",
     "to_chat_turns": "agent.chat_model",
     "PersonalAgent": "agent.graph",

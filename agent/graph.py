@@ -18,6 +18,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 
+from agent.capabilities import Capabilities, capabilities_of
+from agent.errors import InvalidTurn
+from agent.lifecycle import UserData, user_data_for
 from agent.nodes import (
     Context,
     MemoryState,
@@ -28,15 +31,18 @@ from agent.nodes import (
 )
 from agent.policy import DefaultPolicy, UpdatePolicy, UpdateWorker
 from agent.prompt import PromptBudget
+from agent.threads import ThreadRegistry, thread_id_for
+from memory.errors import InvalidInput
+from memory.validation import check_user_id, clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.store.base import BaseStore
 
     from memory import ChangeEvent, Memory
     from memory.retrieval import Recollection
 
-__all__ = ["build_graph", "PersonalAgent", "TurnResult", "make_checkpointer", "checkpoint_serde", "forget_threads",
-           "user_threads"]
+__all__ = ["build_graph", "PersonalAgent", "TurnResult", "make_checkpointer", "checkpoint_serde", "close_checkpointer"]
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +77,11 @@ def make_checkpointer(home: Path, postgres_url: str | None = None) -> "BaseCheck
     return SqliteSaver(conn, serde=checkpoint_serde())
 
 
-def user_threads(saver: "BaseCheckpointSaver", user_id: str) -> list[str]:
-    """The thread ids of ``user_id`` in ``saver`` (threads are named ``"{user_id}:{session_id}"``)."""
-    prefix = f"{user_id}:"
-    return sorted({c.config["configurable"]["thread_id"] for c in saver.list(None)
-                   if c.config["configurable"]["thread_id"].startswith(prefix)})
-
-
-def forget_threads(saver: "BaseCheckpointSaver", user_id: str) -> int:
-    """Delete every conversation thread of ``user_id``; returns how many."""
-    threads = user_threads(saver, user_id)
-    for thread in threads:
-        saver.delete_thread(thread)
-    return len(threads)
+def close_checkpointer(saver: "BaseCheckpointSaver") -> None:
+    """Close the checkpointer's database connection, if it has one (SQLite, Postgres)."""
+    conn = getattr(saver, "conn", None)
+    if conn is not None and hasattr(conn, "close"):
+        conn.close()
 
 
 def build_graph(memory: "Memory", chat_model: BaseChatModel, *, count_tokens: Callable[[str], int],
@@ -119,19 +117,28 @@ def _approx_tokens(text: str) -> int:
 
 
 class PersonalAgent:
-    """A compiled personal graph with a checkpointer: one thread per (user, session)."""
+    """A compiled personal graph with a checkpointer: one thread per (user, session).
+
+    Threads have opaque ids (:func:`agent.threads.thread_id_for`) and their owners are kept in a
+    :class:`~agent.threads.ThreadRegistry` (pass one under the home for a persistent checkpointer; the
+    default is in memory, right for the default in-memory checkpointer). Every turn is validated before
+    anything is written: a refused turn raises :class:`~agent.errors.InvalidTurn` and leaves no trace.
+    ``user_data`` is the registry of everything held about a user (memory, threads, the store's
+    namespaces): ``export``, ``import_`` and ``forget`` go through it.
+    """
 
     def __init__(self, memory: "Memory", chat_model: BaseChatModel, *, checkpointer: "BaseCheckpointSaver | None" = None,
+                 threads: ThreadRegistry | None = None, store: "BaseStore | None" = None,
                  policy: UpdatePolicy | None = None, worker: UpdateWorker | None = None,
                  budget: PromptBudget | None = None, count_tokens: Callable[[str], int] | None = None) -> None:
         from agent.chat_model import PllmChatModel
 
         self.memory = memory
         self.chat_model = chat_model
-        self.model_level = isinstance(chat_model, PllmChatModel)
+        self._local = isinstance(chat_model, PllmChatModel)
         if count_tokens is None:
-            count_tokens = chat_model.local.count_tokens if self.model_level else _approx_tokens
-        if not self.model_level:
+            count_tokens = chat_model.local.count_tokens if self._local else _approx_tokens
+        if not self._local:
             log.info("chat model %s is not pllm's local model: only input-level personalization "
                      "(profile + retrieval in the prompt) applies", type(chat_model).__name__)
         self.worker = worker or UpdateWorker(clock=memory.clock)
@@ -141,25 +148,55 @@ class PersonalAgent:
             from langgraph.checkpoint.memory import InMemorySaver
 
             checkpointer = InMemorySaver(serde=checkpoint_serde())
-        self.graph = builder.compile(checkpointer=checkpointer)
+        elif threads is None:
+            log.warning("a checkpointer was given without a thread registry: thread owners are kept in memory "
+                        "only, so after a restart forget/export cannot find earlier threads; pass "
+                        "threads=ThreadRegistry.under(home)")
+        self.thread_registry = threads or ThreadRegistry()
+        self.graph = builder.compile(checkpointer=checkpointer, store=store)
+        self.user_data: UserData = user_data_for(memory, self.thread_registry, checkpointer, store=store)
+
+    # ------------------------------------------------------------------------------- reporting
+
+    def capabilities(self) -> Capabilities:
+        """Which personalization levels are active (model level: local model + registered handlers)."""
+        return capabilities_of(local_model=self._local, chat_model=type(self.chat_model).__name__,
+                               handler_kinds=self.worker.handlers)
+
+    @property
+    def model_level(self) -> bool:
+        """Whether model-level personalization is active (see :meth:`capabilities`)."""
+        return self.capabilities().model_level
 
     def describe(self) -> str:
-        if self.model_level:
-            return "personalization: input level (profile + retrieval) and model level (local model)"
-        return ("personalization: input level only (profile + retrieval in the prompt); model-level "
-                "personalization needs pllm's local model")
+        return self.capabilities().describe()
+
+    # ----------------------------------------------------------------------------------- turns
 
     @staticmethod
     def thread_id(user_id: str, session_id: str) -> str:
-        return f"{user_id}:{session_id}"
+        """The checkpointer thread of ``(user_id, session_id)`` (opaque; see :mod:`agent.threads`)."""
+        return thread_id_for(user_id, session_id)
 
     def _run_args(self, user_id: str, text: str, session_id: str) -> tuple[dict[str, Any], dict[str, Any], Context]:
-        config = {"configurable": {"thread_id": self.thread_id(user_id, session_id)}}
+        """Validate the turn, then open its thread; nothing is written before validation passed."""
+        try:
+            user_id = check_user_id(user_id)
+            session_id = check_user_id(session_id, name="session_id")
+            text = clean_text(text)
+        except InvalidInput as exc:
+            raise InvalidTurn(f"turn refused, nothing was stored: {exc}") from exc
+        config = {"configurable": {"thread_id": self.thread_registry.open_thread(user_id, session_id)}}
         return {"messages": [HumanMessage(text)]}, config, Context(user_id=user_id, session_id=session_id)
 
     def stream(self, user_id: str, text: str, *, session_id: str = "default") -> Iterator[str]:
-        """Yield the reply as it is generated; memory is updated when the iterator is exhausted."""
+        """Yield the reply as it is generated; memory is updated when the iterator is exhausted.
+
+        The turn is validated when ``stream`` is called (not at the first ``next``)."""
         state, config, ctx = self._run_args(user_id, text, session_id)
+        return self._stream(state, config, ctx)
+
+    def _stream(self, state: dict[str, Any], config: dict[str, Any], ctx: Context) -> Iterator[str]:
         for chunk, meta in self.graph.stream(state, config, context=ctx, stream_mode="messages"):
             # Only the model's token chunks; the node's returned messages (prompt, full reply) are skipped.
             if isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "respond" and chunk.content:
@@ -172,23 +209,36 @@ class PersonalAgent:
         return TurnResult(reply=str(out["messages"][-1].content), prompt=out.get("prompt", []),
                           recollection=out.get("recollection"), events=out.get("events", []), jobs=out.get("jobs", []))
 
-    def threads(self, user_id: str) -> list[str]:
-        """The checkpointed conversation threads of ``user_id``."""
-        return user_threads(self.graph.checkpointer, user_id)  # type: ignore[arg-type]
-
-    def forget(self, user_id: str) -> dict[str, int]:
-        """Erase the user everywhere: memory (episodes, facts, graph log) and their conversation threads."""
-        removed = self.memory.forget(user_id)
-        return {**removed, "threads": forget_threads(self.graph.checkpointer, user_id)}  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        """Stop the update worker and close the checkpointer's connection (if it has one)."""
-        self.worker.close()
-        conn = getattr(self.graph.checkpointer, "conn", None)
-        if conn is not None and hasattr(conn, "close"):
-            conn.close()
-
     def last_turn(self, user_id: str, session_id: str = "default") -> dict[str, Any]:
         """The thread's checkpointed state (messages, last prompt, last recollection, events)."""
         snapshot = self.graph.get_state({"configurable": {"thread_id": self.thread_id(user_id, session_id)}})
         return dict(snapshot.values)
+
+    # ------------------------------------------------------------------------ the user's data
+
+    def threads(self, user_id: str) -> list[str]:
+        """The session ids of ``user_id``'s conversation threads (from the thread registry)."""
+        return [rec.session_id for rec in self.thread_registry.of_user(user_id)]
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything held about the user as one document (see :mod:`agent.lifecycle`)."""
+        return self.user_data.export(user_id)
+
+    def import_(self, document: dict[str, Any], *, user_id: str | None = None) -> dict[str, int]:
+        """Load an :meth:`export` document (optionally under another user id); records loaded per part."""
+        return self.user_data.import_(document, user_id=user_id)
+
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Erase the user everywhere (memory, conversation threads, store namespaces); counts by kind
+        (``user_data.forget`` gives them per part)."""
+        by_kind: dict[str, int] = {}
+        for counts in self.user_data.forget(user_id).values():
+            for kind, n in counts.items():
+                by_kind[kind] = by_kind.get(kind, 0) + n
+        return by_kind
+
+    def close(self) -> None:
+        """Stop the update worker and close the checkpointer's connection and the thread registry."""
+        self.worker.close()
+        close_checkpointer(self.graph.checkpointer)  # type: ignore[arg-type]
+        self.thread_registry.close()

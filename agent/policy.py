@@ -3,8 +3,9 @@
 The ``adapt`` node never blocks the reply: it asks the :class:`UpdatePolicy` which jobs the turn's
 change events call for and hands them to the :class:`UpdateWorker`, a background thread that runs
 each job with the handler registered for its kind and publishes its outcome. A kind with no handler
-is recorded as skipped, with the reason — model-level handlers (knowledge edits, preference weights,
-adapter refresh) register themselves here.
+is recorded as skipped, with the reason. Model-level handlers (knowledge edits, preference weights,
+adapter refresh) are registered on the worker by :func:`agent.stack.build_stack` from
+:data:`agent.stack.MODEL_HANDLERS`; :meth:`agent.PersonalAgent.capabilities` reports which kinds have one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Literal, Protocol
 from memory import ChangeEvent, FactRetracted, FactSuperseded, PreferenceDrift, StyleDrift
 from memory.clock import Clock, SystemClock
 
-__all__ = ["Job", "JobOutcome", "JobKind", "UpdatePolicy", "DefaultPolicy", "UpdateWorker"]
+__all__ = ["Job", "JobOutcome", "JobKind", "Handler", "UpdatePolicy", "DefaultPolicy", "UpdateWorker"]
 
 log = logging.getLogger(__name__)
 

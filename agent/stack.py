@@ -1,4 +1,4 @@
-"""Assemble the whole pllm stack from settings: model, memory, checkpointer, agent.
+"""Assemble the whole pllm stack from settings: model, memory, checkpointer, thread registry, agent.
 
 One function so the CLI, the demos, the scenario runner and the benches build the same thing.
 """
@@ -6,6 +6,7 @@ One function so the CLI, the demos, the scenario runner and the benches build th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,15 +14,25 @@ from agent.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.language_models import BaseChatModel
+    from langgraph.store.base import BaseStore
 
+    from agent.capabilities import Capabilities
     from agent.graph import PersonalAgent
+    from agent.lifecycle import UserData
+    from agent.policy import Handler
     from editing import GenerationSettings, LocalModel
     from memory import Clock, Embedder, MemoryConfig
     from memory.service import Memory
 
-__all__ = ["Stack", "build_stack"]
+__all__ = ["Stack", "build_stack", "MODEL_HANDLERS", "stack_capabilities"]
 
 log = logging.getLogger(__name__)
+
+# Model-level job handlers the stack registers on its update worker: job kind → factory building the
+# handler from the stack's local model and memory. Empty today (every model-level job is skipped);
+# knowledge edits, preference weights and adapter refresh add theirs here, which is also what
+# :func:`stack_capabilities` reports.
+MODEL_HANDLERS: Mapping[str, Callable[["LocalModel", "Memory", Settings], "Handler"]] = {}
 
 
 @dataclass
@@ -31,6 +42,11 @@ class Stack:
     agent: "PersonalAgent"
     local: "LocalModel | None"  # None when another chat model was passed
 
+    @property
+    def user_data(self) -> "UserData":
+        """The registry of everything held about a user (export / import / forget)."""
+        return self.agent.user_data
+
     def close(self) -> None:
         self.agent.close()
         self.memory.close()
@@ -38,11 +54,14 @@ class Stack:
 
 def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "LocalModel | None" = None,
                 chat_model: "BaseChatModel | None" = None, embedder: "Embedder | None" = None,
-                generation: "GenerationSettings | None" = None,
-                memory_config: "MemoryConfig | None" = None) -> Stack:
-    """Build memory + agent under ``settings.home``; load the local model unless one (or another chat model) is given."""
+                generation: "GenerationSettings | None" = None, memory_config: "MemoryConfig | None" = None,
+                store: "BaseStore | None" = None) -> Stack:
+    """Build memory + agent under ``settings.home``; load the local model unless one (or another chat model)
+    is given. ``store``: a LangGraph store compiled into the graph, its ``("users", user_id)`` namespaces
+    part of each user's data."""
     from agent.chat_model import PllmChatModel
     from agent.graph import PersonalAgent, make_checkpointer
+    from agent.threads import ThreadRegistry
     from editing import LocalModel
     from memory.service import Memory
 
@@ -51,5 +70,16 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
         local = local or LocalModel.load(settings.runtime_config())
         chat_model = PllmChatModel(local=local, settings=generation or settings.generation())
     checkpointer = make_checkpointer(settings.home, settings.postgres_url)
-    agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer)
+    agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=ThreadRegistry.under(settings.home),
+                          store=store)
+    if isinstance(chat_model, PllmChatModel):
+        for kind, factory in MODEL_HANDLERS.items():
+            agent.worker.register(kind, factory(chat_model.local, memory, settings))  # type: ignore[arg-type]
     return Stack(settings=settings, memory=memory, agent=agent, local=local if isinstance(chat_model, PllmChatModel) else None)
+
+
+def stack_capabilities() -> "Capabilities":
+    """What :func:`build_stack` with pllm's local model offers, without building anything (for ``pllm info``)."""
+    from agent.capabilities import capabilities_of
+
+    return capabilities_of(local_model=True, chat_model="PllmChatModel", handler_kinds=MODEL_HANDLERS)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from editing.chat_guard import SpecialTokenGuard
 from editing.device import DevicePlan, choose_device
 from editing.errors import InvalidRequest, ModelNotFound
 from editing.generation import GenerationSettings, decode_stream
@@ -94,6 +95,7 @@ class LocalModel:
         self.plan = plan
         self.source = source
         self.lock = threading.RLock()
+        self.guard = SpecialTokenGuard(tokenizer)
 
     @classmethod
     def load(cls, config: RuntimeConfig | None = None) -> "LocalModel":
@@ -115,14 +117,20 @@ class LocalModel:
     # ------------------------------------------------------------------------------ prompting
 
     def encode_chat(self, messages: Sequence[ChatTurn], *, add_generation_prompt: bool = True) -> torch.Tensor:
-        """Apply the model's chat template → input ids ``(1, T)`` on the model's device."""
+        """Apply the model's chat template → input ids ``(1, T)`` on the model's device.
+
+        Every message's content is first cleared of the tokenizer's special-token text (see
+        :mod:`editing.chat_guard`), so the only control tokens in the prompt are the template's own.
+        """
         if not messages:
             raise InvalidRequest("messages is empty; pass at least one {'role': 'user', 'content': ...}")
         for m in messages:
             if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
                 raise InvalidRequest(f"bad chat message {m!r}: need role in system/user/assistant and a str content")
+        contents = self.guard.neutralize_all([m["content"] for m in messages])
+        safe = [{"role": m["role"], "content": c} for m, c in zip(messages, contents)]
         ids = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=add_generation_prompt, return_tensors="pt", return_dict=True
+            safe, add_generation_prompt=add_generation_prompt, return_tensors="pt", return_dict=True
         )["input_ids"]
         return ids.to(self.plan.device)
 
