@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -123,10 +123,13 @@ def generate(
             local = LocalModel.load(s.runtime_config())
     except PLLM_ERRORS as exc:
         fail(exc)
-    messages = [{"role": "system", "content": system or "You are a helpful assistant."}, {"role": "user", "content": prompt}]
+    messages = [{"role": "system", "content": system or "You are a helpful assistant."},
+                {"role": "user", "content": prompt}]
+    reply = local.stream(messages, s.generation())
     try:
-        for piece in local.stream(messages, s.generation()):  # Ctrl-C unwinds the generator here, in this thread
-            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        with closing(reply):  # generation runs in this thread: closing on Ctrl-C releases the model's lock
+            for piece in reply:
+                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/]")
         raise typer.Exit(130) from None
@@ -146,7 +149,8 @@ def _load_stack(s: "Settings") -> "Stack":
 @app.command()
 def chat(
     user: UserOpt,
-    session: Annotated[str, typer.Option(metavar="NAME", help="conversation thread (resumes if it exists)")] = "default",
+    session: Annotated[str, typer.Option(metavar="NAME",
+                                         help="conversation thread (resumes if it exists)")] = "default",
     max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
     home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
@@ -185,7 +189,8 @@ def demo(
     max_new_tokens: DemoTokensOpt = None, temperature: TemperatureOpt = None,
     model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
-    """A scripted conversation over three sessions: the agent uses what it learnt; a changed preference replaces the old one."""
+    """A scripted conversation over three sessions: the agent uses what it learnt; a changed preference
+    replaces the old one."""
     setup(verbose)
     import tempfile
 
@@ -237,7 +242,8 @@ def memory_show(user: UserOpt, home: HomeOpt = None, verbose: VerboseOpt = 0) ->
 
 @memory_app.command("export")
 def memory_export(user: UserOpt,
-                  out: Annotated[Optional[Path], typer.Option(metavar="FILE", show_default="stdout", help="JSON file")] = None,
+                  out: Annotated[Optional[Path], typer.Option(metavar="FILE", show_default="stdout",
+                                                              help="JSON file")] = None,
                   home: HomeOpt = None, verbose: VerboseOpt = 0) -> None:
     """Everything stored about the user as one JSON document."""
     setup(verbose)

@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ChatLoop", "LineReader", "PlainReader", "ReplyInterrupted", "TerminalReader", "forget_history",
            "history_path", "make_reader"]
 
-HELP = "/memory shows what I know, /forget erases it, /export FILE saves it, /quit ends (so do Ctrl-D and Ctrl-C)."
+HELP = ("/memory shows what I know, /forget erases it, /export FILE saves it, /quit ends (so do Ctrl-D and "
+        "Ctrl-C); Ctrl-C during a reply stops it.")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -111,7 +112,7 @@ class TerminalReader:
 
     def clear_history(self) -> None:
         self.history_file.unlink(missing_ok=True)
-        self._session = self._new_session()  # the old session still holds the lines in memory
+        self._session = self._new_session()  # the old session still holds the lines in memory (arrow up)
 
 
 def _ansi(markup: str) -> str:
@@ -235,10 +236,10 @@ class ChatLoop:
 
     def turn(self, text: str) -> None:
         """One turn: stream the reply; Ctrl-C stops it; a pllm error is shown and the session goes on."""
-        self.stopper.requested.clear()
         self.console.print("[bold green]pllm[/] › ", end="")
+        reply = self.stack.agent.stream(self.user, text, session_id=self.session)
         try:
-            with sigint_requests(self.stopper), closing(self.stack.agent.stream(self.user, text, session_id=self.session)) as reply:
+            with sigint_requests(self.stopper), closing(reply):
                 for piece in reply:
                     self.console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
         except (ReplyInterrupted, KeyboardInterrupt):
@@ -248,6 +249,9 @@ class ChatLoop:
             self.console.print()
             print_error(exc, self.err_console)
             return
+        finally:
+            # The model has stopped by now (its exception ended the stream, or closing it waited for it).
+            self.stopper.requested.clear()
         self.console.print()
         from agent.views import events_lines
 
@@ -263,17 +267,20 @@ class ChatLoop:
         from agent.views import facts_table, recollection_table
 
         self.console.print(facts_table(self.stack.memory, self.user))
-        self.console.print(recollection_table(self.stack.agent.last_turn(self.user, self.session).get("recollection")))
+        last = self.stack.agent.last_turn(self.user, self.session)
+        self.console.print(recollection_table(last.get("recollection")))
 
     def _forget(self, arg: str) -> None:
+        question = f"erase everything pllm knows about [bold]{escape(self.user)}[/]? {escape('[y/N]')} "
         try:
-            answer = self.reader.ask(f"erase everything pllm knows about [bold]{escape(self.user)}[/]? {escape('[y/N]')} ")
+            answer = self.reader.ask(question)
         except (EOFError, KeyboardInterrupt):
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             self.console.print("nothing erased")
             return
         removed = self.stack.agent.forget(self.user)
+        forget_history(self.stack.settings.home, self.user)  # also when this session reads a pipe
         self.reader.clear_history()
         self.console.print(f"[yellow]forgot everything about {escape(self.user)}[/] ({sum(removed.values())} records)")
 
@@ -281,7 +288,8 @@ class ChatLoop:
         export_to(self.console, self.stack.memory, self.user, Path(arg) if arg else None, err_console=self.err_console)
 
 
-def export_to(console: Console, memory: Any, user_id: str, out: Path | None, *, err_console: Console | None = None) -> bool:
+def export_to(console: Console, memory: Any, user_id: str, out: Path | None, *,
+              err_console: Console | None = None) -> bool:
     """``memory.export(user_id)`` as JSON to ``out``, or pretty-printed when ``out`` is None; False if
     ``out`` could not be written (the error is printed)."""
     doc = memory.export(user_id)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from agent.cli_common import (
+    MODEL_PANEL,
     DeviceOpt,
     HomeOpt,
     ModelOpt,
@@ -138,7 +139,7 @@ def run(
                                                 help="scenario files or folders (searched for *.yaml with sessions:)")],
     report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE",
                                                    help="write a markdown report (+ timeline PNGs) here")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, rich_help_panel="Model and generation",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, rich_help_panel=MODEL_PANEL,
                                                 help="reply length cap (a scenario may ask for fewer)")] = 24,
     keep_homes: Annotated[Optional[Path], typer.Option("--keep-homes", metavar="DIR",
                                                        help="keep each scenario's pllm home here")] = None,

@@ -169,7 +169,8 @@ def test_on_a_terminal_ctrl_c_stops_a_reply_arrows_recall_history_and_ctrl_c_end
         assert _read_until(fd, buf, rb"interrupted.*sam\S* \xe2\x80\xba", 60), buf.decode(errors="replace")
         mark = len(buf)
         os.write(fd, b"\x1b[A")  # arrow up: the last line comes back for editing
-        assert _read_until(fd, buf, rb"sam\S* \xe2\x80\xba.*long story about a dragon", 20), buf[mark:].decode(errors="replace")
+        recalled = _read_until(fd, buf, rb"sam\S* \xe2\x80\xba.*long story about a dragon", 20)
+        assert recalled, buf[mark:].decode(errors="replace")
         os.write(fd, b"\x03")  # Ctrl-C at the prompt ends the session
         _, status = os.waitpid(pid, 0)
     finally:
