@@ -233,6 +233,8 @@ def test_an_old_home_layout_is_moved_up_once_and_a_clash_moves_nothing(tmp_path:
     assert result.exit_code == 0 and "lives in: Oslo" in result.output, result.output
     assert "moved memory from the old layout" in result.output
     assert (home / "memory.sqlite").exists() and (home / "chroma").is_dir() and not (home / "memory").exists()
+    with Memory(MemoryConfig(home=home), embedder=embedder) as mem:  # Chroma works from its new place
+        assert any("dense" in e.sources for e in mem.recall("sam", "Where do I live?").episodes)
 
     (home / "memory").mkdir()  # the same files in both places: nothing moves, the user is told what to do
     (home / "memory" / "memory.sqlite").write_bytes(b"old")
