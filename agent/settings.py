@@ -1,9 +1,22 @@
 """One settings object for pllm, read from ``PLLM_*`` environment variables and CLI flags when a command
 runs — never at import.
+
+One folder layout under the home, whichever way pllm is used (CLI, :class:`Settings`, or
+``memory.Memory(MemoryConfig(home=HOME))``)::
+
+    HOME/memory.sqlite  HOME/journal.sqlite  HOME/chroma/   memory (see memory.MemoryConfig)
+    HOME/checkpoints.sqlite                                  conversation threads (LangGraph)
+    HOME/models/                                             converted models
+    HOME/history/                                            the CLI's line-editing history, one file per user
+
+Earlier builds of pllm kept the memory files one level down, in ``HOME/memory/``; :func:`migrate_legacy_layout` moves
+them up (the CLI does it on start), :meth:`Settings.memory_config` warns while they are still there.
 """
 
 from __future__ import annotations
 
+import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +27,57 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from editing import GenerationSettings, RuntimeConfig
 from memory import MemoryConfig
 
-__all__ = ["Settings"]
+__all__ = ["HomeLayoutError", "Settings", "legacy_memory_files", "migrate_legacy_layout"]
+
+log = logging.getLogger(__name__)
+
+# What memory.Memory keeps under its home (the SQLite files with their WAL companions).
+_MEMORY_FILES = tuple(f"{db}{suffix}" for db in ("memory.sqlite", "journal.sqlite") for suffix in ("", "-wal", "-shm")) \
+    + ("chroma",)
+LEGACY_MEMORY_DIR = "memory"
+
+
+class HomeLayoutError(RuntimeError):  # TODO(8B): derive from agent.errors.AgentError once it lands
+    """The home holds memory in both the old (``HOME/memory/``) and the current layout; nothing was moved."""
 
 
 def _default_home() -> Path:
     return Path(user_cache_dir("pllm", appauthor=False))
+
+
+def legacy_memory_files(home: Path) -> list[Path]:
+    """Memory files still in the old place ``HOME/memory/`` (empty when the home is current)."""
+    old = home / LEGACY_MEMORY_DIR
+    return [old / name for name in _MEMORY_FILES if (old / name).exists()]
+
+
+def _move_commands(home: Path, files: list[Path]) -> str:
+    moves = [f"mv {shlex.quote(str(p))} {shlex.quote(str(home))}/" for p in files]
+    return "; ".join([*moves, f"rmdir {shlex.quote(str(home / LEGACY_MEMORY_DIR))}"])
+
+
+def migrate_legacy_layout(home: Path) -> list[Path]:
+    """Move memory files from ``HOME/memory/`` up into ``HOME``; returns where they were.
+
+    Each file or folder is renamed whole (a rename within one folder tree cannot half-happen), so an
+    interrupted migration simply resumes on the next call. When a file exists in both places nothing is
+    moved and :class:`HomeLayoutError` says which, with the commands to finish by hand.
+    """
+    files = legacy_memory_files(home)
+    clashes = [p.name for p in files if (home / p.name).exists()]
+    if clashes:
+        raise HomeLayoutError(
+            f"{home} has memory in two layouts: {', '.join(clashes)} exist both in {home / LEGACY_MEMORY_DIR} (old) "
+            f"and in {home} (current); nothing was moved. Keep one: remove the ones you do not want, then "
+            f"move the old ones up: {_move_commands(home, files)}")
+    for p in files:
+        p.rename(home / p.name)
+    if files:
+        try:
+            (home / LEGACY_MEMORY_DIR).rmdir()
+        except OSError:  # something else lives there; leave it
+            pass
+    return files
 
 
 class Settings(BaseSettings):
@@ -48,7 +107,13 @@ class Settings(BaseSettings):
                              device=self.device, dtype=self.dtype, threads=self.threads)
 
     def memory_config(self) -> MemoryConfig:
-        return MemoryConfig(home=self.home / "memory", chroma_url=self.chroma_url)
+        """Memory directly under the home — the same files ``Memory(MemoryConfig(home=HOME))`` uses."""
+        legacy = legacy_memory_files(self.home)
+        if legacy:
+            log.warning("%s still has memory in the old layout (%s); pllm now reads it from %s. Run any `pllm` "
+                        "command with --home %s to move it, or move it yourself: %s", self.home,
+                        self.home / LEGACY_MEMORY_DIR, self.home, self.home, _move_commands(self.home, legacy))
+        return MemoryConfig(home=self.home, chroma_url=self.chroma_url)
 
     def generation(self) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature,

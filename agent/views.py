@@ -1,10 +1,15 @@
-"""Rich renderings of memory for the CLI and demos (tables of facts, history, change events)."""
+"""Rich renderings of memory for the CLI and demos (tables of facts, history, change events).
+
+Every string that comes from memory (facts, turns, user ids) is escaped before it goes into a table:
+rich would read ``[...]`` in a user's text as markup.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
 from rich.table import Table
 
 from memory import ChangeEvent, Fact, FactAdded, FactRetracted, FactSuperseded, PreferenceDrift, StyleDrift
@@ -39,14 +44,14 @@ def describe_event(ev: ChangeEvent, user_id: str) -> str:
 
 def facts_table(memory: "Memory", user_id: str, *, with_history: bool = True) -> Table:
     """The user's facts: current ones, and (with history) superseded ones with their validity spans."""
-    table = Table(title=f"memory of {user_id}", show_lines=False)
+    table = Table(title=f"memory of {escape(user_id)}", show_lines=False)
     for col in ("fact", "since", "until", "evidence"):
         table.add_column(col)
     facts = memory.facts(user_id, include_superseded=with_history)
     for f in sorted(facts, key=lambda f: (f.relation, f.valid_from)):
         until = f.valid_to.date().isoformat() if f.valid_to else "now"
         style = None if f.current else "dim strike"
-        table.add_row(_fact(f, user_id), f.valid_from.date().isoformat(), until,
+        table.add_row(escape(_fact(f, user_id)), f.valid_from.date().isoformat(), until,
                       f"{len(f.source_episode_ids)} turn(s)", style=style)
     return table
 
@@ -59,11 +64,12 @@ def recollection_table(rec: "Recollection | None") -> Table:
     if rec is None:
         return table
     for sf in rec.facts:
-        table.add_row("fact", sf.fact.valid_from.date().isoformat(), sf.fact.text(), f"{sf.score:.3f}", "")
+        table.add_row("fact", sf.fact.valid_from.date().isoformat(), escape(sf.fact.text()), f"{sf.score:.3f}", "")
     for e in rec.episodes:
-        table.add_row(e.role, e.at.date().isoformat(), e.text[:90], f"{e.score:.3f}", ",".join(e.sources))
+        table.add_row(e.role, e.at.date().isoformat(), escape(e.text[:90]), f"{e.score:.3f}", escape(",".join(e.sources)))
     return table
 
 
 def events_lines(events: Sequence[ChangeEvent], user_id: str) -> list[str]:
+    """One plain line per change event (not escaped: escape them where they are printed as markup)."""
     return [describe_event(ev, user_id) for ev in events]

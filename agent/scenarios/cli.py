@@ -15,31 +15,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent.cli_common import (
+    MODEL_PANEL,
+    DeviceOpt,
+    HomeOpt,
+    ModelOpt,
+    PllmTyper,
+    VerboseOpt,
+    console,
+    fail,
+    settings,
+    setup,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
-    from agent.scenarios.runner import ScenarioResult
+    from rich.console import Console
 
-__all__ = ["scenario_app", "memory_graph", "results_table"]
+    from agent.scenarios.format import Scenario, Session
+    from agent.scenarios.runner import ScenarioResult, ScenarioRunner
 
-scenario_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                           help="Scripted lifelong-learning scenarios: run YAML lives against the real stack.")
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["scenario_app", "memory_graph", "results_table", "TurnProgress"]
+
+scenario_app = PllmTyper(help="Scripted lifelong-learning scenarios: run YAML lives against the real stack.")
 
 
 @scenario_app.callback()
 def _group() -> None:
     """Scripted lifelong-learning scenarios: run YAML lives against the real stack."""
-
-
-def _setup(verbose: bool) -> None:
-    """The CLI's process set-up (offline hub, logging), shared with the main ``pllm`` app."""
-    from agent.cli import _setup as cli_setup  # lazy: agent.cli imports this module
-
-    cli_setup(verbose)
 
 
 def results_table(results: list["ScenarioResult"]) -> Table:
@@ -69,65 +75,119 @@ def _summary(results: list["ScenarioResult"]) -> Table:
     return table
 
 
+class TurnProgress:
+    """A live display of turns done / total with the current scenario and session (on a terminal only;
+    elsewhere it prints nothing, so logs and CI output hold only the results)."""
+
+    def __init__(self, scenarios: list["Scenario"], console: "Console") -> None:
+        self.total = sum(len(session.turns) for sc in scenarios for session in sc.sessions)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("turns"), TimeElapsedColumn(), console=console, transient=True,
+                                 disable=not console.is_terminal)
+        self._task = self.progress.add_task("loading the model…", total=self.total)
+        self._done_in_scenario = 0
+
+    def __enter__(self) -> "TurnProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start(self, scenario: "Scenario") -> None:
+        self._done_in_scenario = 0
+        self.progress.update(self._task, description=self._where(scenario))
+
+    def turn_done(self, scenario: "Scenario") -> None:
+        self._done_in_scenario += 1
+        self.progress.update(self._task, advance=1, description=self._where(scenario))
+
+    def print(self, line: str) -> None:
+        """A line above the live display."""
+        self.progress.console.print(line)
+
+    def _where(self, scenario: "Scenario") -> str:
+        """``name · session i/n`` of the next turn to run (``checking`` once all turns ran)."""
+        seen, n = 0, len(scenario.sessions)
+        for session in scenario.sessions:
+            seen += len(session.turns)
+            if seen > self._done_in_scenario:
+                return f"[bold]{escape(scenario.name)}[/] · session {session.index + 1}/{n}"
+        return f"[bold]{escape(scenario.name)}[/] · checking"
+
+
+def _run_all(runner: "ScenarioRunner", scenarios: list["Scenario"]) -> list["ScenarioResult"]:
+    results: list[ScenarioResult] = []
+    with TurnProgress(scenarios, console) as progress:
+        for sc in scenarios:
+            progress.start(sc)
+
+            def on_turn(session: "Session", turn: object, sc: "Scenario" = sc) -> None:
+                progress.turn_done(sc)
+
+            r = runner.run(sc, on_turn=on_turn)
+            results.append(r)
+            ok, n = r.counts
+            progress.print(f"{'[green]✓' if r.passed else '[red]✗'}[/] {escape(sc.name)}: {ok}/{n} in {r.wall_s:.1f} s"
+                           + (f" — [red]{escape(r.error)}[/]" if r.error else ""))
+    return results
+
+
 @scenario_app.command("run")
 def run(
-    paths: Annotated[list[Path], typer.Argument(help="scenario files or folders (searched for *.yaml with sessions:)")],
-    report: Annotated[Optional[Path], typer.Option("--report", help="write a markdown report (+ timeline PNGs) here")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="model folder, .gguf file or cached hub id")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="reply length cap")] = 24,
-    keep_homes: Annotated[Optional[Path], typer.Option("--keep-homes", help="keep each scenario's pllm home here")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress")] = False,
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...",
+                                                help="scenario files or folders (searched for *.yaml with sessions:)")],
+    report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE",
+                                                   help="write a markdown report (+ timeline PNGs) here")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, rich_help_panel=MODEL_PANEL,
+                                                help="reply length cap (a scenario may ask for fewer)")] = 24,
+    keep_homes: Annotated[Optional[Path], typer.Option("--keep-homes", metavar="DIR",
+                                                       help="keep each scenario's pllm home here")] = None,
+    model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
     """Run scenarios, each in a fresh pllm home; exit 1 if any expectation fails."""
-    _setup(verbose)
+    setup(verbose)
     from agent.scenarios.format import ScenarioFormatError, load_scenario
     from agent.scenarios.runner import RunOptions, ScenarioRunner, scenario_files
-    from agent.settings import Settings
 
-    files = scenario_files(paths)
     missing = [p for p in paths if not p.exists()]
-    if missing or not files:
-        err_console.print(f"[red]error:[/] {'no such file or folder: ' + str(missing[0]) if missing else 'no scenario files found'}")
-        raise typer.Exit(2)
+    if missing:
+        fail(f"no such file or folder: {missing[0]}")
+    files = scenario_files(paths)
+    if not files:
+        fail("no scenario files found (a scenario is a .yaml file with a top-level sessions: list)")
     try:
         scenarios = [load_scenario(f) for f in files]
     except ScenarioFormatError as exc:
-        err_console.print(f"[red]error:[/] {exc}", soft_wrap=True, markup=False)
-        raise typer.Exit(2) from exc
-    settings = Settings(**({"model": model} if model else {}))
-    runner = ScenarioRunner(settings=settings, options=RunOptions(max_new_tokens=max_new_tokens, keep_homes=keep_homes))
-    results: list[ScenarioResult] = []
-    for sc in scenarios:
-        with console.status(f"running [bold]{sc.name}[/] ({len(sc.sessions)} sessions)…"):
-            results.append(runner.run(sc))
-        r = results[-1]
-        ok, n = r.counts
-        console.print(f"{'[green]✓' if r.passed else '[red]✗'}[/] {escape(sc.name)}: {ok}/{n} in {r.wall_s:.1f} s"
-                      + (f" — [red]{escape(r.error)}[/]" if r.error else ""))
+        fail(exc)
+    # The home only locates the model cache here: each scenario runs in a fresh home of its own.
+    runner = ScenarioRunner(settings=settings(model=model, device=device, migrate=False),
+                            options=RunOptions(max_new_tokens=max_new_tokens, keep_homes=keep_homes))
+    results = _run_all(runner, scenarios)
     console.print(results_table(results))
     console.print(_summary(results))
     if report is not None:
         from agent.scenarios.report import write_report
 
-        console.print(f"report: {write_report(results, report)}")
+        console.print(f"report: {escape(str(write_report(results, report)))}")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
 
 
 def memory_graph(
-    user: Annotated[str, typer.Option("--user", "-u", help="whose graph")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write")],
-    home: Annotated[Optional[Path], typer.Option("--home", help="pllm home (default: $PLLM_HOME or the user cache dir)")] = None,
+    user: Annotated[str, typer.Option("--user", "-u", metavar="NAME", help="whose graph")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="PNG file to write")],
+    home: HomeOpt = None, verbose: VerboseOpt = 0,
 ) -> Path:
     """Draw the user's current knowledge graph to a PNG."""
+    setup(verbose)
     from agent.scenarios.graph_plot import draw_graph, user_graph
     from memory import PllmMemoryError
 
     try:
-        graph = user_graph(home, user)
+        graph = user_graph(settings(home).home, user)
     except PllmMemoryError as exc:
-        err_console.print(f"[red]error:[/] {exc}", soft_wrap=True, markup=False)
-        raise typer.Exit(2) from exc
+        fail(exc)
     path = draw_graph(graph, user, out)
-    console.print(f"drew {graph.number_of_edges()} facts of {user} to {path}")
+    console.print(f"drew {graph.number_of_edges()} facts of {escape(user)} to {escape(str(path))}")
     return path
