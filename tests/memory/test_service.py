@@ -492,5 +492,4 @@ def test_the_cap_evicts_weak_episodes_but_keeps_facts_summaries_and_recalled_tur
 
 def assert_consistent_after_cap(mem: Memory, user: str) -> None:
     """After eviction Chroma holds exactly the SQLite episodes still marked as indexed."""
-    indexed = {r[0] for r in mem._db.execute("SELECT id FROM episodes WHERE user_id = ? AND in_index = 1", (user,))}
-    assert set(mem.episodic.ids(user)) == indexed
+    assert set(mem.episodic.ids(user)) == mem.parts.episodes.indexed_ids(user)
