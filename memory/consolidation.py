@@ -75,14 +75,15 @@ def summarize_session(graph: "KnowledgeGraph", user_id: str, session_id: str, ep
 
 
 def _summarize(parts: MemoryParts, user_id: str, sessions: dict[str, list[Episode]]) -> int:
-    existing = {i.id for i in parts.semantic.get(user_id, [summary_id(user_id, s) for s in sessions])} if sessions else set()
+    existing = {i.id for i in parts.summaries.of_user(user_id, [summary_id(user_id, s) for s in sessions])}
     items = [summarize_session(parts.graph, user_id, s, eps) for s, eps in sessions.items()
              if summary_id(user_id, s) not in existing]
     if items:
         vectors = parts.embedder.embed([i.text for i in items])  # (n, dim), before the write lock is taken
         with parts.write_lock, parts.sql.transaction("record new session summaries") as conn:
-            parts.semantic.add(items, vectors)
+            parts.summaries.put(conn, items)
             version = parts.versions.bump(conn, user_id)
+            parts.semantic.add(items, vectors)  # last: a Chroma failure rolls the SQLite side back
         parts.retriever.advance(user_id, *version)
         parts.retriever.index_summaries(items)
     return len(items)

@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT_S", "SqliteDb", "UserVersions"]
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
+_CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-variable limit
 
 
 class SqliteDb:
@@ -116,6 +117,16 @@ class SqliteDb:
         """Run a schema script (``CREATE … IF NOT EXISTS``) in its own transaction."""
         with self.lock, self.errors(action):
             self.conn.executescript(sql)
+
+    def taken(self, table: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` present in ``table``'s ``id`` primary key (ours: a table name, never user input)."""
+        found: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = list(ids[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            found |= {r[0] for r in self.rows(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk,
+                                              action=f"read {table} ids")}
+        return found
 
     def has_tables(self, *names: str) -> bool:
         """Whether every named table exists (a read-only open checks that the writer created them)."""

@@ -93,12 +93,7 @@ class EpisodeLog:
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` that are taken in this home, by any user (ids are the table's primary key)."""
-        taken: set[str] = set()
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            taken |= {r[0] for r in self._db.rows(f"SELECT id FROM episodes WHERE id IN ({marks})", chunk,
-                                                  action="read episode ids")}
-        return taken
+        return self._db.taken(self.TABLE, ids)
 
     def exists(self, episode_id: str) -> bool:
         return bool(self._db.rows("SELECT 1 FROM episodes WHERE id = ?", (episode_id,), action="read episodes"))

@@ -19,6 +19,7 @@ from memory.db import SqliteDb, UserVersions
 from memory.embeddings import Embedder
 from memory.episodes import EpisodeLog
 from memory.records import ChangeEvent, Fact, FactAdded, FactRetracted, FactSuperseded
+from memory.summaries import SummaryLog
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.graph import KnowledgeGraph
@@ -38,6 +39,7 @@ class MemoryParts:
     embedder: Embedder
     sql: SqliteDb
     episodes: EpisodeLog
+    summaries: SummaryLog
     versions: UserVersions
     episodic: "EpisodicStore"
     semantic: "SemanticStore"

@@ -41,7 +41,7 @@ def export_user(parts: MemoryParts, user_id: str) -> dict[str, Any]:
     if not episodes and not events:
         raise UnknownUser(f"no memories are stored for user {user_id!r}; nothing to export")
     indexed = parts.episodes.indexed_ids(user_id)
-    summaries = [i for i in parts.semantic.get(user_id) if i.kind == "summary"]
+    summaries = parts.summaries.of_user(user_id)
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -79,6 +79,7 @@ def import_user(parts: MemoryParts, document: Any, *, user_id: str | None = None
             with parts.sql.transaction(f"import user {target!r}") as conn:
                 parts.episodes.insert(conn, plan.episodes, indexed=plan.indexed)
                 parts.graph.import_events(target, plan.events, conn=conn)  # checks the user again, in the transaction
+                parts.summaries.put(conn, plan.summaries)
                 parts.versions.bump(conn, target)
                 wrote_chroma = True
                 if indexed:
@@ -104,7 +105,8 @@ def _check_home(parts: MemoryParts, plan: ImportPlan) -> None:
         raise InvalidInput(f"user {target!r} already has memories; forget them first, import into a fresh home, "
                            "or import under another id (user_id=...)")
     taken = parts.episodes.existing([e.id for e in plan.episodes])
+    taken |= parts.summaries.existing([s.id for s in plan.summaries])
     if taken:
-        raise InvalidInput(f"{len(taken)} episode id(s) of this export are already stored in this home (e.g. "
+        raise InvalidInput(f"{len(taken)} record id(s) of this export are already stored in this home (e.g. "
                            f"{sorted(taken)[0]!r}): it was imported here before under another user id. Import it "
                            "under a new id (user_id=...): its ids are then renamed.")

@@ -13,7 +13,8 @@ ranking sees the statistics as of the last flush, and a crash loses at most thos
 
 Processes. A writable ``Memory`` on an embedded home holds the home's writer lock for its lifetime
 (:mod:`memory.home_lock`: a second writing process gets ``HomeInUse``); ``Memory(config,
-read_only=True)`` takes no lock, refuses every write (``ReadOnlyMemory``) and sees the writer's commits.
+read_only=True)`` takes no lock, refuses every write (``ReadOnlyMemory``) and sees the writer's commits
+(over an embedded home it reads SQLite only and its recall is lexical + graph: see :mod:`memory.readonly`).
 With a Chroma server (``chroma_url``) no lock is taken and several processes may write: every SQLite
 write waits for the others (busy timeout), the graph decides supersessions inside the write transaction,
 and each write stamps the user's version (:class:`memory.db.UserVersions`) so every process's caches
@@ -46,6 +47,7 @@ from memory.errors import InvalidInput, PllmMemoryError, ReadOnlyMemory, StoreEr
 from memory.journal import Intent, Journal
 from memory.parts import MemoryParts, fact_item, semantic_changes
 from memory.records import ChangeEvent, Episode, Fact, Role
+from memory.summaries import SummaryLog
 from memory.validation import check_user_id, clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +74,9 @@ class Memory:
     """Lifelong memory for many users: Chroma (episodes, facts, summaries) + a knowledge graph.
 
     ``read_only=True``: inspect a home another process writes to (``pllm memory show`` during a chat):
-    no writer lock, no crash recovery, no recall statistics; every write raises ``ReadOnlyMemory``.
+    no writer lock, no crash recovery, no recall statistics; every write raises ``ReadOnlyMemory``. Over
+    an embedded home it does not open Chroma (:mod:`memory.readonly` says why): facts, history, episodes
+    and export are complete, recall has no dense channel. The home must exist.
     """
 
     def __init__(self, config: MemoryConfig, *, embedder: Embedder | None = None,
@@ -112,19 +116,27 @@ class Memory:
         config, timeout = self.config, self.config.busy_timeout_s
         self._sql = SqliteDb(config.sqlite_path, busy_timeout_s=timeout, read_only=self.read_only)
         self._log = EpisodeLog(self._sql)
+        self._summaries = SummaryLog(self._sql)
         self._versions = UserVersions(self._sql)
         self.graph = KnowledgeGraph(config.sqlite_path, self.clock, busy_timeout_s=timeout, read_only=self.read_only)
-        if self.read_only and not self._sql.has_tables(EpisodeLog.TABLE, "fact_events", *UserVersions.TABLES):
+        if self.read_only and not self._sql.has_tables(EpisodeLog.TABLE, SummaryLog.TABLE, "fact_events",
+                                                       *UserVersions.TABLES):
             raise StoreError(f"the memory at {config.home} was written by an older pllm; open it writable once "
                              "(any pllm command that writes) to upgrade it, then read it read-only")
         self._owns_client = client is None  # close() releases only a client we built
-        self._client = client if client is not None else make_chroma_client(config)
-        # Ids are unique across users here (uuid ids, the SQLite primary key), so the stores skip their
-        # id directory and its extra Chroma write per turn.
-        self.episodic = EpisodicStore(self._client, self.embedder, name=collection_name(config, "episodes"),
-                                      unique_ids=False)
-        self.semantic = SemanticStore(self._client, self.embedder, name=collection_name(config, "semantic"),
-                                      unique_ids=False)
+        self._client = None
+        if self.read_only and config.chroma_url is None and client is None:
+            from memory.readonly import EpisodeView, SummaryView
+
+            self.episodic, self.semantic = EpisodeView(self._log), SummaryView(self._summaries)  # type: ignore[assignment]
+        else:
+            self._client = client if client is not None else make_chroma_client(config)
+            # Ids are unique across users here (uuid ids, the SQLite primary key), so the stores skip their
+            # id directory and its extra Chroma write per turn.
+            self.episodic = EpisodicStore(self._client, self.embedder, name=collection_name(config, "episodes"),
+                                          unique_ids=False)
+            self.semantic = SemanticStore(self._client, self.embedder, name=collection_name(config, "semantic"),
+                                          unique_ids=False)
         self._journal = None if self.read_only else Journal(config.home / "journal.sqlite", busy_timeout_s=timeout)
         self._write_lock = threading.RLock()
         self._recalls = _RecallBuffer()
@@ -133,11 +145,23 @@ class Memory:
         self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
                                          self.clock, config, versions=self._versions.get)
         self.parts = MemoryParts(config=config, clock=self.clock, embedder=self.embedder, sql=self._sql,
-                                 episodes=self._log, versions=self._versions, episodic=self.episodic,
+                                 episodes=self._log, summaries=self._summaries, versions=self._versions,
+                                 episodic=self.episodic,
                                  semantic=self.semantic, graph=self.graph, retriever=self.retriever,
                                  write_lock=self._write_lock)
         if not self.read_only:
             self._recover()
+            if self._summaries.created:
+                self._adopt_summaries()
+
+    def _adopt_summaries(self) -> None:
+        """A home from before the ``summaries`` table keeps its summaries in Chroma only: copy them in once."""
+        users = self.users()
+        items = [i for u in users for i in self.semantic.get(u) if i.kind == "summary"]
+        if items:
+            with self._sql.transaction("copy session summaries into memory.sqlite") as conn:
+                self._summaries.put(conn, items)
+            log.info("copied %d session summaries of %d users into %s", len(items), len(users), self.config.sqlite_path)
 
     def _writable(self, action: str) -> None:
         if self.read_only:
@@ -373,6 +397,7 @@ class Memory:
             removed["chroma_files_scrubbed"] = self._scrub_chroma(segments) if collections else 0
             with self._sql.transaction("forget the user") as conn:
                 removed["episodes"] = self._log.delete_user(conn, user_id)
+                self._summaries.delete_user(conn, user_id)
                 removed["graph_events"] = self.graph.forget(user_id, conn=conn)
                 self._versions.drop(conn, user_id)
             self._journal.forget(user_id)
@@ -427,7 +452,7 @@ class Memory:
             if self._journal is not None:
                 self._journal.close()
             self._sql.close()
-            if self._owns_client and hasattr(self._client, "close"):
+            if self._owns_client and self._client is not None and hasattr(self._client, "close"):
                 self._client.close()
             if self._release is not None:
                 self._release()
