@@ -7,10 +7,10 @@ wrong with it. Every record passes the same checks as live input: ids as ``check
 importance, facts as ``Fact`` validates them; every record must belong to the document's user; ids are
 unique; the graph events must replay to at most one current fact per slot.
 
-Importing under another id (``user_id=``) renames what must be unique in a home: episode ids (the SQLite
-primary key), fact ids (and so their semantic items), summary ids; references follow (graph events'
-``episode_id`` and ``superseded_by``, facts' and summaries' ``source_episode_ids``), and the user's own
-facts get the new id as subject.
+Importing under another id (``user_id=``), or with ``rename=True``, gives fresh ids to what must be
+unique in a home: episode ids (the SQLite primary key), fact ids (and so their semantic items), summary
+ids; references follow (graph events' ``episode_id`` and ``superseded_by``, facts' and summaries'
+``source_episode_ids``), and the user's own facts get the new id as subject.
 """
 
 from __future__ import annotations
@@ -49,20 +49,22 @@ class ImportPlan:
 
     source_user: str
     user_id: str
+    renamed: bool  # ids are fresh, not the document's
     episodes: list[Episode]
     indexed: list[bool]  # per episode: in the search index (False: kept only as evidence of a fact)
     events: list["GraphEvent"]
     summaries: list["MemoryItem"]
 
 
-def read_export(document: Any, *, user_id: str | None = None) -> ImportPlan:
-    """Check ``document`` and build the plan of its import as ``user_id`` (default: its own user)."""
+def read_export(document: Any, *, user_id: str | None = None, rename: bool = False) -> ImportPlan:
+    """Check ``document`` and build the plan of its import as ``user_id`` (default: its own user), with
+    fresh ids when the user changes or ``rename``."""
     _check_header(document)
     with _where("the document's user_id"):
         source = check_user_id(document["user_id"])
     with _where("user_id"):
         target = check_user_id(user_id) if user_id is not None else source
-    ids = _Renamer(source, target)
+    ids = _Renamer(source, target, rename=rename or source != target)
     raw_episodes = _records(document, "episodes")
     sessions = {d.get("session_id") for d in raw_episodes if isinstance(d, dict)}
     session_of = {summary_id(source, s): s for s in sessions if isinstance(s, str)}  # summary id → its session
@@ -72,7 +74,7 @@ def read_export(document: Any, *, user_id: str | None = None) -> ImportPlan:
     _check_replay(target, events)
     summaries = [_summary(i, d, ids, session_of) for i, d in enumerate(_records(document, "summaries", optional=True))]
     _unique("summary", [s.id for s in summaries])
-    return ImportPlan(source, target, [e for e, _ in episodes], [flag for _, flag in episodes], events, summaries)
+    return ImportPlan(source, target, ids.rename, [e for e, _ in episodes], [flag for _, flag in episodes], events, summaries)
 
 
 # ----------------------------------------------------------------------------------------- structure
@@ -163,8 +165,8 @@ class _Renamer:
     """Old id → id in the target home: the same id when importing as the same user, else fresh ones
     (the same fresh id every time one old id is met)."""
 
-    def __init__(self, source: str, target: str) -> None:
-        self.source, self.target, self.rename = source, target, source != target
+    def __init__(self, source: str, target: str, *, rename: bool) -> None:
+        self.source, self.target, self.rename = source, target, rename
         self._map: dict[tuple[str, str], str] = {}
 
     def __call__(self, kind: str, old: str, fresh: str | None = None) -> str:

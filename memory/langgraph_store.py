@@ -443,15 +443,15 @@ class ChromaStore(BaseStore):
         return {i: [text for _, text in sorted(pairs)] for i, pairs in found.items()}
 
 
-def _check_prefix(prefix: Any) -> tuple[str, ...]:
+def _check_prefix(prefix: Any, *, what: str = "prefix") -> tuple[str, ...]:
     """A non-empty namespace prefix of LangGraph-valid labels (an empty one would mean every user's data)."""
     if isinstance(prefix, str) or not isinstance(prefix, Sequence) or not prefix:
-        raise InvalidInput(f"prefix must be a non-empty tuple of namespace labels such as ('users', 'ann'), got {prefix!r}")
+        raise InvalidInput(f"{what} must be a non-empty tuple of namespace labels such as ('users', 'ann'), got {prefix!r}")
     prefix = tuple(prefix)
     try:
         validate_op_namespace(GetOp(prefix, "_"))
     except Exception as exc:  # noqa: BLE001 - LangGraph's InvalidNamespaceError, reworded as ours
-        raise InvalidInput(f"prefix {prefix!r} is not a valid namespace: {exc}") from exc
+        raise InvalidInput(f"{what} {prefix!r} is not a valid namespace: {exc}") from exc
     return prefix
 
 
@@ -467,7 +467,7 @@ def _import_record(n: int, raw: Any, prefix: tuple[str, ...] | None, now: dateti
         if len(namespace) < len(prefix):
             raise InvalidInput(f"{where}: namespace {list(namespace)} is shorter than the new prefix {list(prefix)}")
         namespace = [*prefix, *namespace[len(prefix):]]
-    namespace = _check_prefix(namespace)
+    namespace = _check_prefix(namespace, what=f"{where}: namespace")
     if namespace[0] == "langgraph":
         raise InvalidInput(f"{where}: the root label 'langgraph' is reserved by LangGraph")
     if not isinstance(key, str) or not key:
@@ -484,8 +484,10 @@ def _import_record(n: int, raw: Any, prefix: tuple[str, ...] | None, now: dateti
         except (TypeError, ValueError):
             raise InvalidInput(f"{where}: {name} must be an ISO-8601 time, got {stamp!r}") from None
     op = PutOp(namespace, key, dict(value))
-    try:  # JSON-serializable (or InvalidInput naming the key) and storable as UTF-8
+    try:  # JSON-serializable and storable as UTF-8
         "".join([ChromaStore._dump(op), key, *namespace, *texts]).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInput(f"{where}: it holds text that is not valid Unicode ({exc.reason})") from None
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
     return op, times[0], times[1], list(texts)

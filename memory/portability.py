@@ -5,10 +5,12 @@ The document holds the record of truth: every episode (with times and ids), the 
 they are recomputed on import with the embedder in use.
 
 An import is checked whole before anything is written (:mod:`memory.export_format`); it then writes
-the episodes, the graph log and the user's write stamp in one SQLite transaction around the Chroma
-writes, so a failure at any point leaves the home as it was — the target user still absent. It goes
-into a user with no memories only (forget first), as the document's user or, with ``user_id=``, under a
-new id beside the original in the same home (ids are renamed; see :mod:`memory.export_format`).
+the episodes, the graph log, the summaries and the user's write stamp in one SQLite transaction around
+the Chroma writes, so a failure at any point leaves the home as it was — the target user still absent.
+It goes into a user with no memories only (forget first), as the document's user or, with ``user_id=``,
+under a new id beside the original in the same home. Ids are kept when they are free (an export,
+``forget``, import round trip is exact) and renamed otherwise — under a new user id, or when the home
+already holds them (see :mod:`memory.export_format`).
 """
 
 from __future__ import annotations
@@ -59,12 +61,15 @@ def import_user(parts: MemoryParts, document: Any, *, user_id: str | None = None
     """Load an export into a user without memories; returns the number of episodes imported.
 
     ``user_id``: import under this id instead of the document's (ids are renamed, so the original user
-    may live in the same home). Raises ``InvalidInput`` (nothing written) for a bad document, a target
-    user who already has memories, or ids already taken in this home.
+    may live in the same home). Raises ``InvalidInput`` (nothing written) for a bad document or a target
+    user who already has memories.
     """
     from memory.graph_state import replay
 
     plan = read_export(document, user_id=user_id)
+    if not plan.renamed and _taken(parts, plan):  # e.g. a copy of a user of this home, renamed in the file
+        log.info("the export's ids are taken in this home; importing %s with fresh ids", plan.user_id)
+        plan = read_export(document, user_id=user_id, rename=True)
     target = plan.user_id
     facts = replay(target, (e.fact for e in plan.events)).facts.values()
     items = [fact_item(f) for f in facts] + plan.summaries
@@ -104,9 +109,13 @@ def _check_home(parts: MemoryParts, plan: ImportPlan) -> None:
             or parts.semantic.count(target)):
         raise InvalidInput(f"user {target!r} already has memories; forget them first, import into a fresh home, "
                            "or import under another id (user_id=...)")
-    taken = parts.episodes.existing([e.id for e in plan.episodes])
-    taken |= parts.summaries.existing([s.id for s in plan.summaries])
-    if taken:
-        raise InvalidInput(f"{len(taken)} record id(s) of this export are already stored in this home (e.g. "
-                           f"{sorted(taken)[0]!r}): it was imported here before under another user id. Import it "
-                           "under a new id (user_id=...): its ids are then renamed.")
+    taken = _taken(parts, plan)
+    if taken:  # fresh ids never collide; this is a concurrent import of the same document
+        raise InvalidInput(f"{len(taken)} record id(s) of this export were stored meanwhile (e.g. {sorted(taken)[0]!r}); "
+                           "nothing was imported, retry")
+
+
+def _taken(parts: MemoryParts, plan: ImportPlan) -> set[str]:
+    """Ids of the plan that the home's primary keys already hold (episodes, summaries)."""
+    return (parts.episodes.existing([e.id for e in plan.episodes])
+            | parts.summaries.existing([s.id for s in plan.summaries]))

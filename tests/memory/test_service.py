@@ -394,6 +394,13 @@ BAD_CALLS = {
     "path-like user": ({"user_id": "../etc/passwd"}, "user_id"),
     "overlong user": ({"user_id": "u" * 201}, "user_id"),
     "bad session": ({"session_id": "a/b"}, "session_id"),
+    # ``$`` matches before a final newline: these passed a ``match(...$)`` check and were stored
+    **{f"user {label}": ({"user_id": "bob" + tail}, "user_id 'bob.*' is not valid")
+       for label, tail in (("ending in \\n", "\n"), ("ending in \\r", "\r"), ("ending in a space", " "),
+                           ("with NUL", "\x00"))},
+    **{f"session {label}": ({"session_id": "s1" + tail}, "session_id 's1.*' is not valid")
+       for label, tail in (("ending in \\n", "\n"), ("ending in \\r", "\r"), ("ending in a space", " "),
+                           ("with NUL", "\x00"))},
     "bad role": ({"role": "robot"}, "role"),
     "importance > 1": ({"importance": 2.0}, "importance"),
     "string time": ({"at": "yesterday"}, "datetime"),
