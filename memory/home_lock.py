@@ -12,6 +12,11 @@ refuse it: several ``Memory`` objects of one process on one home (tests, the sce
 lock through the process-wide registry below, with a reference count. The registry is module state on
 purpose: what it mirrors — which locks this process holds — is process state. A forked child starts
 with an empty registry (``filelock`` closes its inherited descriptors), so it is a separate process here too.
+
+:class:`TurnOwner`: every writable ``Memory`` (with a Chroma server several processes may write) also
+holds a lock of its own, ``HOME/writers/<id>.lock``, and tags its in-flight turns in the crash journal
+with that id, so that recovery at start-up finishes only the turns of writers that are gone — never the
+turn another live process is in the middle of.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from typing import Any
 
 from memory.errors import HomeInUse, StoreError
 
-__all__ = ["LOCK_NAME", "HOLDER_NAME", "WriterLease", "acquire_writer", "holder"]
+__all__ = ["LOCK_NAME", "HOLDER_NAME", "OWNERS_DIR", "TurnOwner", "WriterLease", "acquire_writer", "holder", "owner_alive"]
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "writer.lock"
 HOLDER_NAME = "writer.json"
+OWNERS_DIR = "writers"
 
 
 @dataclass
@@ -79,16 +85,13 @@ def acquire_writer(home: Path) -> WriterLease:
 
     Raises :class:`HomeInUse` at once (never waits) when another process holds it.
     """
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     key = os.path.realpath(home)
     with _registry_lock:
         held = _registry.get(key)
         if held is None:
-            # thread_local=False: a Memory may be closed by another thread than the one that opened it.
-            # fallback_to_soft=False: a lock file without an OS lock would outlive a killed process.
-            lock = FileLock(str(home / LOCK_NAME), timeout=0, thread_local=False, fallback_to_soft=False,
-                            preserve_lock_file=True)
+            lock = _os_lock(home / LOCK_NAME)
             try:
                 lock.acquire()
             except Timeout:
@@ -100,6 +103,55 @@ def acquire_writer(home: Path) -> WriterLease:
             held = _registry[key] = _Held(lock, 0)
         held.count += 1
     return WriterLease(home, key)
+
+
+def _os_lock(path: Path) -> Any:
+    from filelock import FileLock
+
+    # thread_local=False: a Memory may be closed by another thread than the one that opened it.
+    # fallback_to_soft=False: a lock file without an OS lock would outlive a killed process.
+    return FileLock(str(path), timeout=0, thread_local=False, fallback_to_soft=False, preserve_lock_file=True)
+
+
+class TurnOwner:
+    """The id one writable ``Memory`` tags its journal entries with; alive while its OS lock is held."""
+
+    def __init__(self, home: Path) -> None:
+        import uuid
+
+        self.id = uuid.uuid4().hex
+        folder = home / OWNERS_DIR
+        self._path = folder / f"{self.id}.lock"
+        try:
+            folder.mkdir(exist_ok=True)
+            self._lock = _os_lock(self._path)
+            self._lock.acquire()
+        except OSError as exc:
+            raise StoreError(f"cannot create the writer tag {self._path} ({exc}); check that {home} is writable") from exc
+
+    def release(self) -> None:
+        self._lock.release(force=True)
+        self._path.unlink(missing_ok=True)
+
+
+def owner_alive(home: Path, owner_id: str) -> bool:
+    """Whether the ``Memory`` tagged ``owner_id`` still runs (in this process or another); a dead one's tag is
+    removed. An OS lock is exclusive even within one process, so a live owner here refuses us too."""
+    from filelock import Timeout
+
+    path = home / OWNERS_DIR / f"{owner_id}.lock"
+    if not path.exists():
+        return False
+    lock = _os_lock(path)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release(force=True)
+    path.unlink(missing_ok=True)
+    return False
 
 
 def holder(home: Path) -> dict[str, Any] | None:

@@ -83,7 +83,7 @@ class Memory:
                  extractor: "Extractor | None" = None, clock: Clock | None = None, client: Any = None,
                  read_only: bool = False) -> None:
         from memory.extraction import PatternExtractor
-        from memory.home_lock import acquire_writer
+        from memory.home_lock import TurnOwner, acquire_writer
 
         self.config = config
         self.read_only = bool(read_only)
@@ -91,18 +91,19 @@ class Memory:
         self.embedder: Embedder = embedder or MiniLMEmbedder()
         self.extractor: Extractor = extractor or PatternExtractor()
         self._closed = False
-        lease = None
-        if not self.read_only:
-            config.home.mkdir(parents=True, exist_ok=True)
-            if config.chroma_url is None:  # embedded Chroma: one writing process per home
-                lease = acquire_writer(config.home)
-        # Released by close(), or when this object is collected, or at exit; the OS releases it if we die.
-        self._release = weakref.finalize(self, lease.release) if lease is not None else None
+        held: list[Any] = []  # OS locks this object holds: released by close(), by collection or at exit
+        self._release = weakref.finalize(self, _release_all, held)  # (and by the OS if the process dies)
+        self._owner: TurnOwner | None = None
         try:
+            if not self.read_only:
+                config.home.mkdir(parents=True, exist_ok=True)
+                if config.chroma_url is None:  # embedded Chroma: one writing process per home
+                    held.append(acquire_writer(config.home))
+                self._owner = TurnOwner(config.home)
+                held.append(self._owner)
             self._open(client)
         except BaseException:
-            if self._release is not None:
-                self._release()
+            self._release()
             raise
 
     def _open(self, client: Any) -> None:
@@ -219,7 +220,8 @@ class Memory:
                 # One forward pass for the turn and its new facts: (1 + len(items), dim). Embedding dominates a
                 # turn's cost, and a second call for the facts nearly doubled it.
                 vectors = self.embedder.embed([episode.text] + [i.text for i in items])
-                intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded))
+                intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded),
+                                self._owner.id if self._owner else None)
                 journal.begin(intent)
                 self.episodic.add([episode], vectors[:1])
                 if items:
@@ -261,9 +263,14 @@ class Memory:
             self.semantic.mark_superseded(intent.user_id, list(intent.superseded_fact_ids))
 
     def _recover(self) -> None:
-        """Finish or roll back turns that a crash interrupted (see :mod:`memory.journal`)."""
+        """Finish or roll back turns that a crash interrupted (see :mod:`memory.journal`); turns of writers
+        that still run (another process on a Chroma server, another Memory here) are theirs to finish."""
+        from memory.home_lock import owner_alive
+
         assert self._journal is not None  # writable
         for intent in self._journal.pending():
+            if intent.owner is not None and owner_alive(self.config.home, intent.owner):
+                continue
             committed = self._log.exists(intent.turn_id)
             log.warning("recovering interrupted turn %s of %s (%s)", intent.turn_id, intent.user_id,
                         "redo" if committed else "undo")
@@ -454,8 +461,7 @@ class Memory:
             self._sql.close()
             if self._owns_client and self._client is not None and hasattr(self._client, "close"):
                 self._client.close()
-            if self._release is not None:
-                self._release()
+            self._release()
 
     def __enter__(self) -> "Memory":
         return self
@@ -535,3 +541,8 @@ class _RecallBuffer:
     def users(self) -> list[str]:
         with self._lock:
             return list(self._pending)
+
+
+def _release_all(held: list[Any]) -> None:
+    for lock in reversed(held):
+        lock.release()

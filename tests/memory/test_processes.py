@@ -216,3 +216,22 @@ def test_memories_sharing_a_home_in_one_process_see_each_others_writes(tmp_path:
     assert peer.send(op="open", home=str(home))["error"] == "HomeInUse"  # b still holds the home
     b.close()
     assert "pid" in peer.ok(op="open", home=str(home))
+
+
+def test_start_up_recovery_leaves_alone_the_turn_of_a_writer_that_still_runs(tmp_path: Path, embedder) -> None:
+    from memory import Episode
+    from memory.journal import Intent
+
+    home, clock = tmp_path / "home", ManualClock(T0)
+    a = Memory(MemoryConfig(home=home), embedder=embedder, clock=clock)
+    a.remember("gus", "I live in Oslo")
+    # a's next turn, half done: journaled and written to Chroma, its SQLite transaction not committed yet
+    half = Episode(user_id="gus", session_id="default", role="user", text="I moved to Lima", at=T0, recorded_at=T0)
+    a._journal.begin(Intent(half.id, "gus", (half.id,), (), (), a._owner.id))
+    a.episodic.add([half])
+    with Memory(MemoryConfig(home=home), embedder=embedder, clock=clock) as b:  # a second writer starts meanwhile
+        assert half.id in b.episodic.ids("gus")  # it did not undo a turn that a is still writing
+    a.close()  # a goes away with the turn unfinished (as if it had died)
+    with Memory(MemoryConfig(home=home), embedder=embedder, clock=clock) as c:
+        assert half.id not in c.episodic.ids("gus") and c._journal.pending() == []  # now it is undone
+        assert [e.text for e in c.episodes("gus")] == ["I live in Oslo"]
