@@ -14,8 +14,8 @@ class MemoryConfig:
 
     On disk under ``home``: ``chroma/`` (embedded Chroma, unless ``chroma_url`` is set),
     ``memory.sqlite`` (episodes, the knowledge-graph event log, per-user write versions),
-    ``journal.sqlite`` (the crash journal) and, for an embedded home, ``writer.lock`` + ``writer.json``
-    (the one writer process and who it is).
+    ``journal.sqlite`` (the crash journal), ``writers/`` (one lock per live writable ``Memory``) and, for
+    an embedded home, ``writer.lock`` + ``writer.json`` (the one writing process and who it is).
     """
 
     home: Path

@@ -197,8 +197,8 @@ class KnowledgeGraph:
         """The connection to write on: the caller's (inside its open transaction, which it commits or rolls
         back), else our own inside a ``BEGIN IMMEDIATE`` transaction of our own."""
         if conn is not None:
-            self._check_conn(conn)
             with self._store.errors(action):
+                self._check_conn(conn)
                 yield conn
             return
         with self._store.transaction(action) as db:

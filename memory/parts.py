@@ -32,7 +32,8 @@ __all__ = ["MemoryParts", "fact_item", "item_id_for", "semantic_changes"]
 @dataclass(frozen=True)
 class MemoryParts:
     """Everything a ``Memory`` is made of. ``write_lock`` serializes this process's writes to one home
-    (SQLite serializes processes); ``sql`` is the connection to ``memory.sqlite``."""
+    (SQLite serializes processes); ``sql`` is the connection that writes ``memory.sqlite`` (in its
+    transactions); the tables' owners read through a connection of their own (committed data only)."""
 
     config: MemoryConfig
     clock: Clock

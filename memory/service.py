@@ -115,10 +115,13 @@ class Memory:
         from memory.stores import EpisodicStore, SemanticStore
 
         config, timeout = self.config, self.config.busy_timeout_s
+        # Two connections: writes run in BEGIN IMMEDIATE transactions on one; reads use the other, so they
+        # see committed data only and never wait for this process's write in another thread.
         self._sql = SqliteDb(config.sqlite_path, busy_timeout_s=timeout, read_only=self.read_only)
-        self._log = EpisodeLog(self._sql)
-        self._summaries = SummaryLog(self._sql)
-        self._versions = UserVersions(self._sql)
+        self._reads = SqliteDb(config.sqlite_path, busy_timeout_s=timeout, read_only=self.read_only)
+        self._log = EpisodeLog(self._reads)
+        self._summaries = SummaryLog(self._reads)
+        self._versions = UserVersions(self._reads)
         self.graph = KnowledgeGraph(config.sqlite_path, self.clock, busy_timeout_s=timeout, read_only=self.read_only)
         if self.read_only and not self._sql.has_tables(EpisodeLog.TABLE, SummaryLog.TABLE, "fact_events",
                                                        *UserVersions.TABLES):
@@ -459,6 +462,7 @@ class Memory:
             if self._journal is not None:
                 self._journal.close()
             self._sql.close()
+            self._reads.close()
             if self._owns_client and self._client is not None and hasattr(self._client, "close"):
                 self._client.close()
             self._release()
