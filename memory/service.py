@@ -150,9 +150,8 @@ class Memory:
                                          self.clock, config, versions=self._versions.get)
         self.parts = MemoryParts(config=config, clock=self.clock, embedder=self.embedder, sql=self._sql,
                                  episodes=self._log, summaries=self._summaries, versions=self._versions,
-                                 episodic=self.episodic,
-                                 semantic=self.semantic, graph=self.graph, retriever=self.retriever,
-                                 write_lock=self._write_lock)
+                                 episodic=self.episodic, semantic=self.semantic, graph=self.graph,
+                                 retriever=self.retriever, write_lock=self._write_lock)
         if not self.read_only:
             self._recover()
             if self._summaries.created:
