@@ -112,8 +112,8 @@ class BulkVectors:
 def load_pllm(mem: Any, user: str, n: int, vectors: BulkVectors, clock: Any) -> float:
     """Bulk-load ``n`` episodes (+ facts) for ``user`` and 3 for each other user; returns seconds."""
     from memory.extraction import Candidate
+    from memory.parts import fact_item
     from memory.records import Episode, FactAdded
-    from memory.service import _episode_row, _item_for
 
     start = time.perf_counter()
     plan = [(user, n)] + [(f"other-{i:02d}", OTHER_TURNS) for i in range(OTHER_USERS)]
@@ -125,15 +125,14 @@ def load_pllm(mem: Any, user: str, n: int, vectors: BulkVectors, clock: Any) -> 
                             recorded_at=t0 + i * step) for i, t in enumerate(texts)]
         for lo in range(0, count, BATCH):
             mem.episodic.add(episodes[lo:lo + BATCH], vecs[lo:lo + BATCH])
-        # The SQLite record of truth, in one transaction (the facade's own row format).
-        mem._db.execute("BEGIN")
-        mem._db.executemany("INSERT INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)", [_episode_row(e) for e in episodes])
-        mem._db.execute("COMMIT")
+        # The SQLite record of truth, in one transaction, through the table's owner.
+        with mem.parts.sql.transaction("bulk-load episodes") as conn:
+            mem.parts.episodes.insert(conn, episodes)
     n_facts = min(n // 20, 500)
     if n_facts:
         candidates = [Candidate("user", "likes", f"hobby{i}", kind="preference", polarity="likes") for i in range(n_facts)]
         events = mem.graph.apply(user, candidates, episode_id=None, at=t0)
-        items = [_item_for(e.fact) for e in events if isinstance(e, FactAdded)]
+        items = [fact_item(e.fact) for e in events if isinstance(e, FactAdded)]
         _, item_vecs = vectors.make(len(items), "fact")
         mem.semantic.add(items, item_vecs)
     return time.perf_counter() - start

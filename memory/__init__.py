@@ -15,7 +15,15 @@ from memory.lazy import lazy_exports
 from memory.clock import Clock, ManualClock, SystemClock, to_utc, utc
 from memory.config import MemoryConfig
 from memory.embeddings import ChromaEmbeddingFunction, Embedder, LangChainEmbeddings, MiniLMEmbedder
-from memory.errors import EmbedderUnavailable, InvalidInput, PllmMemoryError, StoreError, UnknownUser
+from memory.errors import (
+    EmbedderUnavailable,
+    HomeInUse,
+    InvalidInput,
+    PllmMemoryError,
+    ReadOnlyMemory,
+    StoreError,
+    UnknownUser,
+)
 from memory.records import (
     ChangeEvent,
     Episode,
@@ -72,6 +80,7 @@ __all__ = [
     "FactAdded",
     "FactRetracted",
     "FactSuperseded",
+    "HomeInUse",
     "InvalidInput",
     "LangChainEmbeddings",
     "ManualClock",
@@ -79,6 +88,7 @@ __all__ = [
     "MiniLMEmbedder",
     "PllmMemoryError",
     "PreferenceDrift",
+    "ReadOnlyMemory",
     "StoreError",
     "StyleDrift",
     "SystemClock",

@@ -29,14 +29,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["make_chroma_client", "persistent_client", "collection_name", "open_collection", "chroma_errors", "SPACE"]
+__all__ = [
+    "GET_PAGE",
+    "SPACE",
+    "chroma_errors",
+    "collection_name",
+    "make_chroma_client",
+    "open_collection",
+    "paged_get",
+    "persistent_client",
+]
 
 log = logging.getLogger(__name__)
 
 SPACE = "cosine"  # similarity = 1 - distance; every pllm collection uses it
+GET_PAGE = 10_000  # records per collection.get call (see paged_get)
 
 # Chroma's rule: 3-512 chars of [a-zA-Z0-9._-], starting and ending with an alphanumeric, no "..".
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9._-]{1,510})[a-zA-Z0-9]$")
+# fullmatch: ``$`` would also match before a final newline.
+_NAME_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{1,510})[a-zA-Z0-9]")
 
 
 @contextlib.contextmanager
@@ -108,7 +119,7 @@ def collection_name(config: MemoryConfig, base: str) -> str:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"{name!r} is not a valid Chroma collection name: use 3-512 characters of letters, digits, "
             "'.', '_' or '-', starting and ending with a letter or digit, without '..'"
@@ -143,3 +154,24 @@ def open_collection(client: "ClientAPI", name: str, embedder: Embedder) -> "Coll
         )
     log.debug("opened Chroma collection %s", name)
     return collection
+
+
+def paged_get(collection: "Collection", ids: list[str] | None, where: dict[str, Any] | None,
+              include: list[str]) -> list[tuple[str, Any, Any]]:
+    """``collection.get`` in pages: Chroma 1.5.9 fails with "too many SQL variables" when one call would
+    return more than ~32k records (a user with 50k episodes could not be read at all)."""
+    out: list[tuple[str, Any, Any]] = []
+    page = GET_PAGE
+    for start in range(0, len(ids), page) if ids is not None else iter(int, 1):  # ids: chunks; else until short
+        got = collection.get(
+            ids=ids[start : start + page] if ids is not None else None, where=where,
+            limit=None if ids is not None else page, offset=None if ids is not None else len(out),
+            include=include,  # type: ignore[arg-type]
+        )
+        n = len(got["ids"])
+        docs = got.get("documents") or [None] * n
+        metas = got.get("metadatas") or [None] * n
+        out.extend(zip(got["ids"], docs, metas))
+        if ids is None and n < page:
+            break
+    return out

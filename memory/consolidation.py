@@ -9,6 +9,9 @@
   slowly the more often the episode was recalled (:mod:`memory.forgetting`). Evicted sessions are
   summarized first. Facts are never evicted: they live in the graph. An evicted episode's SQLite row
   is kept only while a fact cites it as evidence.
+
+Both work on a ``Memory``'s :class:`~memory.parts.MemoryParts` (never on the facade), and stamp the user's
+write version (:class:`~memory.db.UserVersions`) so that other processes' caches notice.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from memory.forgetting import retention, stability_days, strength
+from memory.parts import MemoryParts
 from memory.records import Episode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from memory.service import Memory
+    from memory.graph import KnowledgeGraph
     from memory.stores import MemoryItem
 
 __all__ = ["ConsolidationReport", "consolidate", "enforce_cap", "summarize_session"]
@@ -52,14 +56,14 @@ def summary_id(user_id: str, session_id: str) -> str:
     return f"sum_{digest}"
 
 
-def summarize_session(mem: "Memory", user_id: str, session_id: str, episodes: list[Episode]) -> "MemoryItem":
+def summarize_session(graph: "KnowledgeGraph", user_id: str, session_id: str, episodes: list[Episode]) -> "MemoryItem":
     """An extractive summary of one session (no model needed, deterministic)."""
     from memory.stores import MemoryItem
 
     said = [e.text.strip().replace("\n", " ") for e in episodes if e.role == "user"][:SUMMARY_TURNS]
     said = [s if len(s) <= SUMMARY_CHARS else s[: SUMMARY_CHARS - 1] + "…" for s in said]
     ids = {e.id for e in episodes}
-    learnt = [f.text() for f in mem.graph.facts(user_id, include_superseded=True) if ids & set(f.source_episode_ids)]
+    learnt = [f.text() for f in graph.facts(user_id, include_superseded=True) if ids & set(f.source_episode_ids)]
     day = min(e.at for e in episodes).date().isoformat()
     parts = [f"Session of {day}."]
     if said:
@@ -70,54 +74,55 @@ def summarize_session(mem: "Memory", user_id: str, session_id: str, episodes: li
                       at=max(e.at for e in episodes), source_episode_ids=tuple(e.id for e in episodes))
 
 
-def _summarize(mem: "Memory", user_id: str, sessions: dict[str, list[Episode]]) -> int:
-    existing = {i.id for i in mem.semantic.get(user_id, [summary_id(user_id, s) for s in sessions])} if sessions else set()
-    items = [summarize_session(mem, user_id, s, eps) for s, eps in sessions.items()
+def _summarize(parts: MemoryParts, user_id: str, sessions: dict[str, list[Episode]]) -> int:
+    existing = {i.id for i in parts.summaries.of_user(user_id, [summary_id(user_id, s) for s in sessions])}
+    items = [summarize_session(parts.graph, user_id, s, eps) for s, eps in sessions.items()
              if summary_id(user_id, s) not in existing]
     if items:
-        mem.semantic.add(items, mem.embedder.embed([i.text for i in items]))
-        mem.retriever.index_summaries(items)
+        vectors = parts.embedder.embed([i.text for i in items])  # (n, dim), before the write lock is taken
+        with parts.write_lock, parts.sql.transaction("record new session summaries") as conn:
+            parts.summaries.put(conn, items)
+            version = parts.versions.bump(conn, user_id)
+            parts.semantic.add(items, vectors)  # last: a Chroma failure rolls the SQLite side back
+        parts.retriever.advance(user_id, *version)
+        parts.retriever.index_summaries(items)
     return len(items)
 
 
-def consolidate(mem: "Memory", user_id: str, *, older_than_days: float = 7.0) -> ConsolidationReport:
+def consolidate(parts: MemoryParts, user_id: str, *, older_than_days: float = 7.0) -> ConsolidationReport:
     """Summarize sessions older than ``older_than_days`` and apply the cap."""
-    cutoff = mem.clock.now() - timedelta(days=older_than_days)
+    cutoff = parts.clock.now() - timedelta(days=older_than_days)
     sessions: dict[str, list[Episode]] = defaultdict(list)
-    for e in mem.episodes(user_id):
+    for e in parts.episodes.of_user(user_id):
         sessions[e.session_id].append(e)
     old = {s: eps for s, eps in sessions.items() if max(e.at for e in eps) < cutoff}
-    added = _summarize(mem, user_id, old)
-    return ConsolidationReport(summaries_added=added, evicted=enforce_cap(mem, user_id))
+    added = _summarize(parts, user_id, old)
+    return ConsolidationReport(summaries_added=added, evicted=enforce_cap(parts, user_id))
 
 
-def enforce_cap(mem: "Memory", user_id: str) -> int:
+def enforce_cap(parts: MemoryParts, user_id: str) -> int:
     """Evict the weakest indexed episodes when the user is over the cap; returns how many."""
-    cap = mem.config.max_episodes_per_user
-    count = mem.indexed_count(user_id)
+    cap = parts.config.max_episodes_per_user
+    count = parts.episodes.indexed_count(user_id)
     if count <= cap:
         return 0
     n_evict = count - int(cap * EVICT_TO)
-    ids = mem.episodic.ids(user_id)
-    meta = mem.episodic.metadata(user_id, ids)
-    now = mem.clock.now()
-    scored = sorted(ids, key=lambda i: _strength(meta[i], now, mem.config.half_life_days))
+    ids = parts.episodic.ids(user_id)
+    meta = parts.episodic.metadata(user_id, ids)
+    now = parts.clock.now()
+    scored = sorted(ids, key=lambda i: _strength(meta[i], now, parts.config.half_life_days))
     victims = scored[:n_evict]
-    episodes = mem._episodes_by_id(user_id, victims)
     by_session: dict[str, list[Episode]] = defaultdict(list)
-    for e in episodes:
+    for e in parts.episodes.get(user_id, victims):
         by_session[e.session_id].append(e)
-    _summarize(mem, user_id, by_session)
-    cited = {i for f in mem.graph.facts(user_id, include_superseded=True) for i in f.source_episode_ids}
-    with mem._write_lock:
-        mem.episodic.delete(user_id, victims)
-        marks = ",".join("?" * len(victims))
-        mem._db.execute(f"UPDATE episodes SET in_index = 0 WHERE user_id = ? AND id IN ({marks})", [user_id, *victims])
-        drop = [v for v in victims if v not in cited]
-        if drop:
-            mark2 = ",".join("?" * len(drop))
-            mem._db.execute(f"DELETE FROM episodes WHERE user_id = ? AND id IN ({mark2})", [user_id, *drop])
-    mem.retriever.remove(user_id, victims)
+    _summarize(parts, user_id, by_session)
+    cited = {i for f in parts.graph.facts(user_id, include_superseded=True) for i in f.source_episode_ids}
+    with parts.write_lock, parts.sql.transaction("evict episodes from the search index") as conn:
+        parts.episodes.evict(conn, user_id, victims, keep=cited)
+        version = parts.versions.bump(conn, user_id)
+        parts.episodic.delete(user_id, victims)  # last: a Chroma failure rolls the SQLite side back
+    parts.retriever.advance(user_id, *version)
+    parts.retriever.remove(user_id, victims)
     log.info("evicted %d of %d episodes of %s (cap %d)", len(victims), count, user_id, cap)
     return len(victims)
 

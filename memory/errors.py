@@ -7,11 +7,21 @@
     ├── UnknownUser         an operation that needs stored data found none for that user
     ├── EmbedderUnavailable the packaged embedding model is not installed or cannot load
     └── StoreError          the backing store (Chroma, SQLite) failed; the turn was rolled back
+        ├── HomeInUse       another process holds the home's writer lock (embedded Chroma allows one writer)
+        └── ReadOnlyMemory  a write was asked of a Memory opened with ``read_only=True``
 """
 
 from __future__ import annotations
 
-__all__ = ["PllmMemoryError", "InvalidInput", "UnknownUser", "EmbedderUnavailable", "StoreError"]
+__all__ = [
+    "PllmMemoryError",
+    "InvalidInput",
+    "UnknownUser",
+    "EmbedderUnavailable",
+    "StoreError",
+    "HomeInUse",
+    "ReadOnlyMemory",
+]
 
 
 class PllmMemoryError(Exception):
@@ -35,3 +45,11 @@ class EmbedderUnavailable(PllmMemoryError, RuntimeError):
 
 class StoreError(PllmMemoryError, RuntimeError):
     """A backing store failed; the operation was rolled back."""
+
+
+class HomeInUse(StoreError):
+    """Another process has this memory home open for writing; the message names it and says what to do."""
+
+
+class ReadOnlyMemory(StoreError):
+    """This ``Memory`` was opened read-only; nothing was written."""

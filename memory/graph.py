@@ -27,16 +27,23 @@ recorded by ``t`` and keeps the facts valid at ``t`` — what we believed at ``t
 Per user, the facts are materialized into a ``networkx.MultiDiGraph`` (nodes: entity names, merged
 case-insensitively under their first spelling; edge key: fact id; edge attribute ``fact``) on first
 access and kept in sync on every write; at most ``max_users`` graphs stay materialized (LRU).
+
+Several processes (or several objects) may append to one log. A materialized graph remembers the user's
+last ``seq`` it reflects; every use first reads the user's current ``MAX(seq)`` (one indexed lookup) and
+rebuilds from the log when it moved. A write plans its change inside its ``BEGIN IMMEDIATE`` transaction,
+against the state as of that transaction, so two writers can never both "supersede" the same current
+value: the second one sees the first one's new value and supersedes that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +52,7 @@ from typing import Any
 import networkx as nx
 
 from memory.clock import Clock, to_utc
+from memory.db import DEFAULT_BUSY_TIMEOUT_S, SqliteDb
 from memory.errors import InvalidInput, StoreError
 from memory.extraction.base import Candidate
 from memory.graph_state import Batch, UserGraph, as_graph, replay, resolve_subject, to_claim
@@ -148,9 +156,14 @@ def _event_from_row(row: Sequence[Any]) -> GraphEvent:
 
 
 class KnowledgeGraph:
-    """Per-user bi-temporal knowledge graphs over one SQLite event log (thread-safe: one RLock)."""
+    """Per-user bi-temporal knowledge graphs over one SQLite event log (thread-safe: one RLock).
 
-    def __init__(self, path: Path | str, clock: Clock, *, max_users: int = 256) -> None:
+    ``busy_timeout_s``: how long a write waits for another process's transaction on the same file.
+    ``read_only``: the log must exist; every write raises :class:`StoreError`.
+    """
+
+    def __init__(self, path: Path | str, clock: Clock, *, max_users: int = 256,
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, read_only: bool = False) -> None:
         if max_users < 1:
             raise InvalidInput(f"max_users must be >= 1, got {max_users}")
         self._path = str(path)
@@ -159,24 +172,43 @@ class KnowledgeGraph:
         self._lock = threading.RLock()
         self._users: OrderedDict[str, UserGraph] = OrderedDict()
         try:
-            if self._path != ":memory:":
+            if self._path != ":memory:" and not read_only:
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit mode: this class opens its own transactions explicitly (BEGIN IMMEDIATE).
-            self._conn: sqlite3.Connection | None = sqlite3.connect(self._path, check_same_thread=False,
-                                                                     isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA secure_delete=ON")  # forget() overwrites the user's rows on disk
-            create_schema(self._conn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the knowledge-graph log at {self._path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of the knowledge-graph log {self._path}: {exc}") from exc
+        self._sql: SqliteDb | None = SqliteDb(self._path, busy_timeout_s=busy_timeout_s, read_only=read_only)
+        if not read_only:
+            self._sql.script(_SCHEMA, action="create the knowledge-graph log")
 
     # ------------------------------------------------------------------------------------------ plumbing
 
     @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _store(self) -> SqliteDb:
+        if self._sql is None:
             raise StoreError("this KnowledgeGraph is closed; construct a new one")
-        return self._conn
+        return self._sql
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._store.conn
+
+    @contextlib.contextmanager
+    def _writing(self, conn: sqlite3.Connection | None, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection to write on: the caller's (inside its open transaction, which it commits or rolls
+        back), else our own inside a ``BEGIN IMMEDIATE`` transaction of our own."""
+        if conn is not None:
+            with self._store.errors(action):
+                self._check_conn(conn)
+                yield conn
+            return
+        with self._store.transaction(action) as db:
+            yield db
+
+    @staticmethod
+    def _head(db: sqlite3.Connection, user_id: str) -> int:
+        """The user's last seq in the log (0: none) — one lookup in the (user_id, seq) index."""
+        (head,) = db.execute("SELECT MAX(seq) FROM fact_events WHERE user_id = ?", (user_id,)).fetchone()
+        return int(head or 0)
 
     def _rows(self, db: sqlite3.Connection, user_id: str, recorded_by: datetime | None = None) -> list[GraphEvent]:
         sql = f"SELECT {_COLUMNS} FROM fact_events WHERE user_id = ? AND op IN ('assert','supersede','retract')"
@@ -190,11 +222,18 @@ class KnowledgeGraph:
             raise StoreError(f"reading the graph log of user {user_id!r} failed: {exc}") from exc
 
     def _state(self, user_id: str, db: sqlite3.Connection | None = None) -> UserGraph:
+        """The user's materialized graph, rebuilt from the log if anyone appended since it was built."""
+        db = db or self._db
+        try:
+            head = self._head(db, user_id)  # read before the rows: a state may be newer than its seq, never older
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the graph log of user {user_id!r} failed: {exc}") from exc
         state = self._users.get(user_id)
-        if state is not None:
+        if state is not None and state.seq == head:
             self._users.move_to_end(user_id)
             return state
-        state = replay(user_id, (e.fact for e in self._rows(db or self._db, user_id)))
+        state = replay(user_id, (e.fact for e in self._rows(db, user_id)))
+        state.seq = head
         self._users[user_id] = state
         while len(self._users) > self._max_users:
             self._users.popitem(last=False)
@@ -202,7 +241,7 @@ class KnowledgeGraph:
 
     def _check_conn(self, conn: sqlite3.Connection) -> None:
         """The caller's connection must be on this log's database, inside (or able to open) a transaction."""
-        if conn is self._conn:
+        if conn is self._store.conn:
             raise InvalidInput("pass your own connection as conn (or none); the graph's connection is private")
         files = {name: file for _, name, file in conn.execute("PRAGMA database_list")}
         mine = os.path.realpath(self._path) if self._path != ":memory:" else None
@@ -224,52 +263,39 @@ class KnowledgeGraph:
         current value again → no event (the episode is added to its evidence by an ``assert`` row).
         A ``prefers_<dimension>`` value that changes also yields ``PreferenceDrift``.
 
-        With ``conn``, rows are written in the caller's open transaction and not committed; if the
-        caller rolls back, it must call :meth:`invalidate`. All candidates are validated before any
-        write: on bad input nothing is written.
+        With ``conn``, rows are written in the caller's open transaction (``BEGIN IMMEDIATE`` — the
+        plan is made against the log as that transaction sees it) and not committed; if the caller rolls
+        back, it should call :meth:`invalidate`. Without ``conn``, the graph commits a transaction of its
+        own. All candidates are validated before any write: on bad input nothing is written.
         """
         _check_user(user_id)
         at = _check_at(at)
         claims = [to_claim(user_id, c) for c in candidates]
-        with self._lock:
-            if conn is not None:
-                self._check_conn(conn)
-            state = self._state(user_id, conn)
+        with self._lock, self._writing(conn, f"append graph events of user {user_id!r}") as db:
+            state = self._state(user_id, db)  # fresh: nobody else can append until this transaction ends
             batch = Batch(state, at=at, now=to_utc(self._clock.now()), episode_id=episode_id)
             try:
                 for claim in claims:
                     batch.claim(claim)
-                self._append(batch, conn)
+                self._append(db, batch)
             except BaseException:
                 self._users.pop(user_id, None)  # the log is the truth: rebuild from it next time
                 raise
             return batch.events
 
-    def _append(self, batch: Batch, conn: sqlite3.Connection | None) -> None:
-        """Write the batch's planned rows (one ``recorded_at`` for all: the batch's ``now``)."""
+    def _append(self, db: sqlite3.Connection, batch: Batch) -> None:
+        """Write the batch's planned rows (one ``recorded_at`` for all: the batch's ``now``) and move the
+        state's seq to the new head (inside the same transaction, so nobody else's rows are in between)."""
         at, now = _ts(batch.at), _ts(batch.now)
-        self._insert([(batch.state.user_id, r.op, r.fact.id, _payload(r.fact, r.superseded_by), at, now,
-                       batch.episode_id) for r in batch.rows], conn)
+        self._insert(db, [(batch.state.user_id, r.op, r.fact.id, _payload(r.fact, r.superseded_by), at, now,
+                           batch.episode_id) for r in batch.rows])
+        batch.state.seq = self._head(db, batch.state.user_id)
 
-    def _insert(self, rows: Sequence[tuple[Any, ...]], conn: sqlite3.Connection | None) -> None:
-        if not rows:
-            return
-        sql = ("INSERT INTO fact_events (user_id, op, fact_id, payload, at, recorded_at, episode_id) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)")
-        try:
-            if conn is not None:
-                conn.executemany(sql, rows)
-                return
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(sql, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"appending {len(rows)} graph event(s) failed and was rolled back: {exc}") from exc
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            db.executemany("INSERT INTO fact_events (user_id, op, fact_id, payload, at, recorded_at, episode_id) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def invalidate(self, user_id: str) -> None:
         """Drop the user's materialized graph; the next access rebuilds it from the log."""
@@ -280,8 +306,8 @@ class KnowledgeGraph:
         """Close one current fact by id (a user's "that's wrong"); it stays in history."""
         _check_user(user_id)
         at = _check_at(at)
-        with self._lock:
-            state = self._state(user_id)
+        with self._lock, self._writing(None, f"retract fact {fact_id!r} of user {user_id!r}") as db:
+            state = self._state(user_id, db)
             fact = state.facts.get(fact_id)
             if fact is None:
                 raise InvalidInput(f"user {user_id!r} has no fact {fact_id!r}; list them with facts()")
@@ -290,17 +316,19 @@ class KnowledgeGraph:
             batch = Batch(state, at=at, now=to_utc(self._clock.now()), episode_id=episode_id)
             try:
                 event = batch.retract(fact)
-                self._append(batch, None)
+                self._append(db, batch)
             except BaseException:
                 self._users.pop(user_id, None)
                 raise
             return event
 
-    def import_events(self, user_id: str, events: Sequence[GraphEvent]) -> None:
+    def import_events(self, user_id: str, events: Sequence[GraphEvent], *,
+                      conn: sqlite3.Connection | None = None) -> None:
         """Replay an export (of any user) as ``user_id``'s log, keeping ops, times and episode ids.
 
         The user must have no graph events yet (call :meth:`forget` first to replace them). Facts whose
         subject was the exporting user get ``user_id`` as subject; third parties keep their names.
+        ``conn``: write in the caller's open transaction (as for :meth:`apply`).
         """
         _check_user(user_id)
         for e in events:
@@ -308,38 +336,34 @@ class KnowledgeGraph:
                 raise InvalidInput(f"cannot import {e!r}: expected GraphEvents with op in {_REPLAYABLE}")
         rows = [(user_id, e.op, e.fact.id, _payload(_rehome(e, user_id), e.superseded_by), _ts(e.at),
                  _ts(e.recorded_at), e.episode_id) for e in events]
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM fact_events WHERE user_id = ?", (user_id,)).fetchone()
+        with self._lock, self._writing(conn, f"import the graph log of user {user_id!r}") as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM fact_events WHERE user_id = ?", (user_id,)).fetchone()
             if count:
                 raise InvalidInput(f"user {user_id!r} already has {count} graph events; forget() them first or "
                                    "import into a fresh user id")
-            self._insert(rows, None)
+            self._insert(db, rows)
             self._users.pop(user_id, None)
 
-    def forget(self, user_id: str) -> int:
-        """Delete every row of the user (a privacy right); records nothing about them. Returns rows removed."""
+    def forget(self, user_id: str, *, conn: sqlite3.Connection | None = None) -> int:
+        """Delete every row of the user (a privacy right); records nothing about them. Returns rows removed.
+
+        ``conn``: delete in the caller's open transaction (the caller checkpoints the WAL after committing).
+        """
         _check_user(user_id)
         with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._writing(conn, f"forget user {user_id!r}") as db:
                 removed = db.execute("DELETE FROM fact_events WHERE user_id = ?", (user_id,)).rowcount
-                db.execute("COMMIT")
-                if self._path != ":memory:":
-                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no copy of the rows left in the WAL
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise StoreError(f"forgetting user {user_id!r} failed and was rolled back: {exc}") from exc
+            if conn is None:
+                self._store.checkpoint()  # no copy of the rows left in the WAL
             self._users.pop(user_id, None)
             return removed
 
     def close(self) -> None:
         """Close the connection; further calls raise :class:`StoreError`."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._sql is not None:
+                self._sql.close()
+                self._sql = None
             self._users.clear()
 
     def __enter__(self) -> KnowledgeGraph:
@@ -439,7 +463,7 @@ class KnowledgeGraph:
     def users(self) -> list[str]:
         """Every user with at least one graph event, sorted."""
         with self._lock:
-            return [u for (u,) in self._db.execute("SELECT DISTINCT user_id FROM fact_events ORDER BY user_id")]
+            return [u for (u,) in self._store.rows("SELECT DISTINCT user_id FROM fact_events ORDER BY user_id")]
 
 
 # ---------------------------------------------------------------------------------------------- validation

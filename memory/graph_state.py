@@ -49,6 +49,7 @@ class UserGraph:
         self.facts: dict[str, Fact] = {}  # id → latest state, in order of first assertion
         self.slots: dict[SlotKey, str] = {}  # slot → id of its current fact
         self.nodes: dict[str, str] = {}  # casefolded name → node name (first spelling)
+        self.seq = 0  # the user's last log seq this state reflects (0: none); a newer one means rebuild
 
     def node(self, name: str) -> str:
         return self.nodes.setdefault(name.casefold(), name)

@@ -17,6 +17,11 @@ batch's writes, and of several puts to one (namespace, key) the last wins. Value
 over the namespace's items, so a search costs O(items under the prefix). Unlike ``InMemoryStore``,
 ``created_at`` survives updates. Searches without a query list the newest ``updated_at`` first.
 TTL is not supported (``supports_ttl = False``; a ttl raises ``NotImplementedError``).
+
+Per-user data: :meth:`ChromaStore.export_namespace`, :meth:`ChromaStore.import_namespace` and
+:meth:`ChromaStore.forget_namespace` work on every item under a namespace prefix such as
+``("users", user_id)``, so a registry of everything that holds a user's data can export, move and erase
+the user's store items with the rest of their memory.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from memory.chroma_backend import chroma_errors, open_collection, persistent_client
+from memory.chroma_backend import chroma_errors, open_collection, paged_get, persistent_client
 from memory.clock import Clock, SystemClock
 from memory.embeddings import Embedder, MiniLMEmbedder
 from memory.errors import InvalidInput
@@ -57,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ChromaStore"]
 
 _WHOLE_VALUE = "$"  # LangGraph's path for "embed the whole value as JSON"
+_ID_CHUNK = 500  # item ids per "$in" filter
 
 
 def _item_id(namespace: tuple[str, ...], key: str) -> str:
@@ -353,3 +359,135 @@ class ChromaStore(BaseStore):
             return json.dumps(dict(op.value or {}), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"the value for key {op.key!r} is not JSON-serializable: {exc}") from exc
+
+    # ------------------------------------------------------------------------- per-namespace data
+
+    def export_namespace(self, prefix: Sequence[str]) -> list[dict[str, Any]]:
+        """Every item whose namespace starts with ``prefix``, JSON-ready, in (namespace, key) order:
+        ``{"namespace": [...], "key", "value", "created_at", "updated_at", "texts"}`` where ``texts`` are
+        the texts the item is searchable by (vectors are not exported; :meth:`import_namespace` embeds
+        the texts again)."""
+        prefix = _check_prefix(prefix)
+        with self._lock:
+            with chroma_errors("list items"):
+                rows = paged_get(self._items, None, _prefix_where(prefix), ["documents", "metadatas"])
+            texts = self._texts_of([i for i, _, _ in rows])
+        items = [(self._to_item(d, m), texts.get(i, [])) for i, d, m in rows]
+        items.sort(key=lambda p: (p[0].namespace, p[0].key))
+        return [{"namespace": list(it.namespace), "key": it.key, "value": it.value,
+                 "created_at": it.created_at.isoformat(), "updated_at": it.updated_at.isoformat(), "texts": t}
+                for it, t in items]
+
+    def import_namespace(self, items: Sequence[Mapping[str, Any]], *, prefix: Sequence[str] | None = None) -> int:
+        """Store :meth:`export_namespace` output (replacing items with the same namespace and key);
+        returns how many items were stored.
+
+        ``prefix`` moves the items: it replaces the first ``len(prefix)`` labels of every namespace (export
+        ``("users", "ann")`` and import with ``prefix=("users", "bea")`` to give Bea Ann's items). Every
+        item is checked and every text embedded before anything is written.
+        """
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
+            raise InvalidInput(f"items must be a list of export_namespace() records, got {type(items).__name__}")
+        new_prefix = _check_prefix(prefix) if prefix is not None else None
+        records = [_import_record(n, raw, new_prefix, self._clock.now()) for n, raw in enumerate(items)]
+        seen: dict[tuple[tuple[str, ...], str], int] = {}
+        for n, (op, *_rest) in enumerate(records):
+            first = seen.setdefault((op.namespace, op.key), n)
+            if first != n:
+                raise InvalidInput(f"items #{first} and #{n} both hold namespace {op.namespace} key {op.key!r}; "
+                                   "import each item once")
+        flat = [t for _, _, _, texts in records for t in texts]
+        vectors = self._embedder.embed(flat) if flat else np.zeros((0, self._embedder.dim), np.float32)
+        with self._lock:
+            self._store_imported(records, vectors)
+        return len(records)
+
+    def _store_imported(self, records: list[tuple[PutOp, str, str, list[str]]], vectors: np.ndarray) -> None:
+        puts = [op for op, _, _, _ in records]
+        ids = [_item_id(op.namespace, op.key) for op in puts]
+        metadatas = [{"key": op.key, "ns": json.dumps(list(op.namespace)), "depth": len(op.namespace),
+                      **{f"ns_{i}": label for i, label in enumerate(op.namespace)}, "created_at": created,
+                      "updated_at": updated, "n_vec": len(texts)} for op, created, updated, texts in records]
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = slice(start, start + _ID_CHUNK)
+            with chroma_errors("write items"):
+                self._items.upsert(ids=ids[chunk], documents=[self._dump(op) for op in puts[chunk]],
+                                   metadatas=metadatas[chunk],  # type: ignore[arg-type]
+                                   embeddings=[self._placeholder] * len(ids[chunk]))  # type: ignore[arg-type]
+                self._vectors.delete(where={"item_id": {"$in": ids[chunk]}})  # replaced items lose their old vectors
+        self._add_vectors(ids, puts, [texts for _, _, _, texts in records], vectors)
+
+    def forget_namespace(self, prefix: Sequence[str]) -> int:
+        """Delete every item whose namespace starts with ``prefix``, with its vectors; returns how many
+        items were deleted (0 if none)."""
+        prefix = _check_prefix(prefix)
+        with self._lock:
+            with chroma_errors("list items"):
+                ids = [i for i, _, _ in paged_get(self._items, None, _prefix_where(prefix), [])]
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                with chroma_errors("delete items"):
+                    self._vectors.delete(where={"item_id": {"$in": chunk}})
+                    self._items.delete(ids=chunk)
+        return len(ids)
+
+    def _texts_of(self, ids: list[str]) -> dict[str, list[str]]:
+        """item id → the texts of its vectors, in the order they were indexed."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        for start in range(0, len(ids), _ID_CHUNK):
+            where = {"item_id": {"$in": ids[start : start + _ID_CHUNK]}}
+            with chroma_errors("read vectors"):
+                rows = paged_get(self._vectors, None, where, ["documents", "metadatas"])
+            for vector_id, document, meta in rows:
+                found.setdefault(str((meta or {})["item_id"]), []).append((int(vector_id.rsplit(":", 1)[1]), document or ""))
+        return {i: [text for _, text in sorted(pairs)] for i, pairs in found.items()}
+
+
+def _check_prefix(prefix: Any, *, what: str = "prefix") -> tuple[str, ...]:
+    """A non-empty namespace prefix of LangGraph-valid labels (an empty one would mean every user's data)."""
+    if isinstance(prefix, str) or not isinstance(prefix, Sequence) or not prefix:
+        raise InvalidInput(f"{what} must be a non-empty tuple of namespace labels such as ('users', 'ann'), got {prefix!r}")
+    prefix = tuple(prefix)
+    try:
+        validate_op_namespace(GetOp(prefix, "_"))
+    except Exception as exc:  # noqa: BLE001 - LangGraph's InvalidNamespaceError, reworded as ours
+        raise InvalidInput(f"{what} {prefix!r} is not a valid namespace: {exc}") from exc
+    return prefix
+
+
+def _import_record(n: int, raw: Any, prefix: tuple[str, ...] | None, now: datetime) -> tuple[PutOp, str, str, list[str]]:
+    """One export record checked → (its put, created_at, updated_at, its texts)."""
+    where = f"item #{n}"
+    if not isinstance(raw, Mapping):
+        raise InvalidInput(f"{where} must be a mapping from export_namespace(), got {type(raw).__name__}")
+    namespace, key, value, texts = raw.get("namespace"), raw.get("key"), raw.get("value"), raw.get("texts", [])
+    if isinstance(namespace, str) or not isinstance(namespace, Sequence) or not namespace:
+        raise InvalidInput(f"{where}: namespace must be a non-empty list of labels, got {namespace!r}")
+    if prefix is not None:
+        if len(namespace) < len(prefix):
+            raise InvalidInput(f"{where}: namespace {list(namespace)} is shorter than the new prefix {list(prefix)}")
+        namespace = [*prefix, *namespace[len(prefix):]]
+    namespace = _check_prefix(namespace, what=f"{where}: namespace")
+    if namespace[0] == "langgraph":
+        raise InvalidInput(f"{where}: the root label 'langgraph' is reserved by LangGraph")
+    if not isinstance(key, str) or not key:
+        raise InvalidInput(f"{where}: key must be a non-empty string, got {key!r}")
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{where}: value must be a mapping (dict), got {type(value).__name__}")
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput(f"{where}: texts must be a list of strings, got {texts!r}")
+    times = []
+    for name in ("created_at", "updated_at"):
+        stamp = raw.get(name, now.isoformat())
+        try:
+            times.append(datetime.fromisoformat(stamp).isoformat())
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where}: {name} must be an ISO-8601 time, got {stamp!r}") from None
+    op = PutOp(namespace, key, dict(value))
+    try:  # JSON-serializable and storable as UTF-8
+        "".join([ChromaStore._dump(op), key, *namespace, *texts]).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{where}: it holds text that is not valid Unicode ({exc.reason})") from None
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+    return op, times[0], times[1], list(texts)

@@ -27,6 +27,12 @@ use (:meth:`HybridRetriever.ensure_loaded`) and new ones must be passed to :meth
 summaries are loaded from the semantic store on first use, new ones are passed to
 :meth:`HybridRetriever.index_summaries` (a summary the dense channel returns that the cache lacks is added
 on the spot, so a writer that forgets to call it only delays lexical matching).
+
+Other writers (another process, or another ``Memory`` on the same home) do not call these methods, so
+with a ``versions`` source (the user's write stamp, :class:`memory.db.UserVersions`) the caches remember
+the stamp they were built at: :meth:`HybridRetriever.retrieve` drops a user's caches when the stamp
+moved, and a writer in this process reports its own write with :meth:`HybridRetriever.advance` (its
+caches stay when they were current, and it updates them incrementally as before).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import logging
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -246,8 +252,10 @@ class HybridRetriever:
 
     Collaborators are injected (the :class:`memory.service.Memory` facade owns them); nothing is opened
     here. ``bm25`` may be shared or private; this retriever feeds it context-expanded episode texts
-    (summaries get a private index of their own). ``weights`` may be replaced between calls (e.g. for tuning), except ``context_turns``, which is read
-    once here because the index is built with it.
+    (summaries get a private index of their own). ``weights`` may be replaced between calls (e.g. for
+    tuning), except ``context_turns``, which is read once here because the index is built with it.
+    ``versions``: user id → the user's current write stamp (see the module docstring); None: the caches
+    trust that every write goes through this object.
     """
 
     def __init__(
@@ -261,8 +269,11 @@ class HybridRetriever:
         config: MemoryConfig,
         *,
         weights: RetrievalWeights | None = None,
+        versions: Callable[[str], int] | None = None,
     ) -> None:
         self._episodic, self._semantic, self._graph = episodic, semantic, graph
+        self._versions = versions
+        self._seen: dict[str, int] = {}  # user → the write stamp the user's caches were built at
         self._embedder, self._bm25, self._clock, self._config = embedder, bm25, clock, config
         self.weights = weights or RetrievalWeights()
         self._timeline = DialogueTimeline(self.weights.context_turns)
@@ -273,13 +284,39 @@ class HybridRetriever:
     # ------------------------------------------------------------------ keeping the index current
 
     def ensure_loaded(self, user_id: str) -> None:
-        """Load the user's episodes from the episodic store into the lexical index, once per process."""
+        """Load the user's episodes from the episodic store into the lexical index (once, until a change by
+        another writer drops it)."""
         with self._lock:
             if self._bm25.has_user(user_id):
                 return
+            # The stamp is read before the store: the caches may be newer than it (one extra reload), never older.
+            if self._versions is not None:
+                self._seen[user_id] = self._versions(user_id)
             ids, texts = self._timeline.load(user_id, self._episodic.get(user_id))
             self._bm25.load_user(user_id, ids, texts)
             log.debug("loaded %d episodes of %s into the lexical index", len(ids), user_id)
+
+    def refresh(self, user_id: str) -> None:
+        """Drop the user's caches if someone else wrote about the user since they were built."""
+        if self._versions is None:
+            return
+        version = self._versions(user_id)
+        with self._lock:
+            if user_id in self._seen and self._seen[user_id] != version:
+                log.debug("%s changed elsewhere (write %d, cached %d): reloading", user_id, version, self._seen[user_id])
+                self.drop_user(user_id)
+
+    def advance(self, user_id: str, before: int, after: int) -> None:
+        """This process moved the user's stamp from ``before`` to ``after`` (and will tell the caches what it
+        wrote: :meth:`index`, :meth:`remove`, :meth:`index_summaries`). Caches built at ``before`` stay;
+        older ones are dropped, because another writer came in between."""
+        if self._versions is None:
+            return
+        with self._lock:
+            if self._seen.get(user_id) == before:
+                self._seen[user_id] = after
+            else:
+                self.drop_user(user_id)
 
     def index(self, episodes: Sequence[Episode]) -> None:
         """Make newly stored episodes searchable lexically (call after ``EpisodicStore.add``)."""
@@ -337,6 +374,7 @@ class HybridRetriever:
     def drop_user(self, user_id: str) -> None:
         """Forget the user's cached index (after ``forget`` or an import; it reloads on next use)."""
         with self._lock:
+            self._seen.pop(user_id, None)
             self._timeline.drop(user_id)
             self._bm25.drop_user(user_id)
             self._summaries.pop(user_id, None)
@@ -373,6 +411,7 @@ class HybridRetriever:
         self._check(user_id, query, k_episodes, k_facts, k_summaries)
         as_of = to_utc(as_of) if as_of is not None else None
         now = as_of or self._clock.now()
+        self.refresh(user_id)
         self.ensure_loaded(user_id)
         vector = self._embedder.embed([query])[0]  # (dim,)
 

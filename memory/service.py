@@ -11,6 +11,15 @@ to the episodic store in one write at that user's next ``remember`` (after its c
 consolidation reads the statistics, on ``export`` and on ``close`` (``forget`` drops them). Until then
 ranking sees the statistics as of the last flush, and a crash loses at most those pending counts.
 
+Processes. A writable ``Memory`` on an embedded home holds the home's writer lock for its lifetime
+(:mod:`memory.home_lock`: a second writing process gets ``HomeInUse``); ``Memory(config,
+read_only=True)`` takes no lock, refuses every write (``ReadOnlyMemory``) and sees the writer's commits
+(over an embedded home it reads SQLite only and its recall is lexical + graph: see :mod:`memory.readonly`).
+With a Chroma server (``chroma_url``) no lock is taken and several processes may write: every SQLite
+write waits for the others (busy timeout), the graph decides supersessions inside the write transaction,
+and each write stamps the user's version (:class:`memory.db.UserVersions`) so every process's caches
+(materialized graphs, lexical indexes, summaries) notice the others' writes.
+
 Invariants: every read and write is scoped to one user; a failed turn leaves nothing behind; the
 graph log is append-only except for ``forget``.
 """
@@ -22,6 +31,7 @@ import re
 import shutil
 import sqlite3
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,46 +40,26 @@ from typing import TYPE_CHECKING, Any
 
 from memory.clock import Clock, SystemClock, to_utc
 from memory.config import MemoryConfig
+from memory.db import SqliteDb, UserVersions
 from memory.embeddings import Embedder, MiniLMEmbedder
-from memory.errors import InvalidInput, PllmMemoryError, StoreError
+from memory.episodes import EpisodeLog
+from memory.errors import InvalidInput, PllmMemoryError, ReadOnlyMemory, StoreError
 from memory.journal import Intent, Journal
-from memory.records import (
-    ChangeEvent,
-    Episode,
-    Fact,
-    FactAdded,
-    FactRetracted,
-    FactSuperseded,
-    Role,
-)
+from memory.parts import MemoryParts, fact_item, semantic_changes
+from memory.records import ChangeEvent, Episode, Fact, Role
+from memory.summaries import SummaryLog
 from memory.validation import check_user_id, clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.extraction import Extractor
-    from memory.graph import HistoryEntry, KnowledgeGraph
+    from memory.graph import HistoryEntry
     from memory.retrieval import Recollection
-    from memory.stores import EpisodicStore, MemoryItem, SemanticStore
 
 __all__ = ["Memory", "Remembered"]
 
 log = logging.getLogger(__name__)
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-_EPISODES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS episodes (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    role TEXT NOT NULL,
-    text TEXT NOT NULL,
-    at TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    importance REAL NOT NULL,
-    in_index INTEGER NOT NULL DEFAULT 1  -- 0 once evicted from the search index (kept as evidence of a fact)
-);
-CREATE INDEX IF NOT EXISTS episodes_by_user ON episodes (user_id, at);
-"""
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # fullmatch
 
 
 @dataclass(frozen=True)
@@ -80,50 +70,109 @@ class Remembered:
     events: tuple[ChangeEvent, ...]
 
 
-def item_id_for(fact_id: str) -> str:
-    """The semantic-store id of the item that indexes a graph fact."""
-    return f"mi_{fact_id}"
-
-
 class Memory:
-    """Lifelong memory for many users: Chroma (episodes, facts, summaries) + a knowledge graph."""
+    """Lifelong memory for many users: Chroma (episodes, facts, summaries) + a knowledge graph.
+
+    ``read_only=True``: inspect a home another process writes to (``pllm memory show`` during a chat):
+    no writer lock, no crash recovery, no recall statistics; every write raises ``ReadOnlyMemory``. Over
+    an embedded home it does not open Chroma (:mod:`memory.readonly` says why): facts, history, episodes
+    and export are complete, recall has no dense channel. The home must exist.
+    """
 
     def __init__(self, config: MemoryConfig, *, embedder: Embedder | None = None,
-                 extractor: "Extractor | None" = None, clock: Clock | None = None, client: Any = None) -> None:
+                 extractor: "Extractor | None" = None, clock: Clock | None = None, client: Any = None,
+                 read_only: bool = False) -> None:
+        from memory.extraction import PatternExtractor
+        from memory.home_lock import TurnOwner, acquire_writer
+
+        self.config = config
+        self.read_only = bool(read_only)
+        self.clock: Clock = clock or SystemClock()
+        self.embedder: Embedder = embedder or MiniLMEmbedder()
+        self.extractor: Extractor = extractor or PatternExtractor()
+        self._closed = False
+        held: list[Any] = []  # OS locks this object holds: released by close(), by collection or at exit
+        self._release = weakref.finalize(self, _release_all, held)  # (and by the OS if the process dies)
+        self._owner: TurnOwner | None = None
+        try:
+            if not self.read_only:
+                config.home.mkdir(parents=True, exist_ok=True)
+                if config.chroma_url is None:  # embedded Chroma: one writing process per home
+                    held.append(acquire_writer(config.home))
+                self._owner = TurnOwner(config.home)
+                held.append(self._owner)
+            self._open(client)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, client: Any) -> None:
         from memory.bm25 import BM25Index
         from memory.chroma_backend import collection_name, make_chroma_client
         from memory.drift import DriftMonitor
-        from memory.extraction import PatternExtractor
         from memory.graph import KnowledgeGraph
         from memory.retrieval import HybridRetriever
         from memory.stores import EpisodicStore, SemanticStore
 
-        self.config = config
-        self.clock: Clock = clock or SystemClock()
-        self.embedder: Embedder = embedder or MiniLMEmbedder()
-        self.extractor: Extractor = extractor or PatternExtractor()
-        config.home.mkdir(parents=True, exist_ok=True)
+        config, timeout = self.config, self.config.busy_timeout_s
+        # Two connections: writes run in BEGIN IMMEDIATE transactions on one; reads use the other, so they
+        # see committed data only and never wait for this process's write in another thread.
+        self._sql = SqliteDb(config.sqlite_path, busy_timeout_s=timeout, read_only=self.read_only)
+        self._reads = SqliteDb(config.sqlite_path, busy_timeout_s=timeout, read_only=self.read_only)
+        self._log = EpisodeLog(self._reads)
+        self._summaries = SummaryLog(self._reads)
+        self._versions = UserVersions(self._reads)
+        self.graph = KnowledgeGraph(config.sqlite_path, self.clock, busy_timeout_s=timeout, read_only=self.read_only)
+        if self.read_only and not self._sql.has_tables(EpisodeLog.TABLE, SummaryLog.TABLE, "fact_events",
+                                                       *UserVersions.TABLES):
+            raise StoreError(f"the memory at {config.home} was written by an older pllm; open it writable once "
+                             "(any pllm command that writes) to upgrade it, then read it read-only")
         self._owns_client = client is None  # close() releases only a client we built
-        self._client = client if client is not None else make_chroma_client(config)
-        # Ids are unique across users here (uuid ids, the SQLite primary key), so the stores skip their
-        # id directory and its extra Chroma write per turn.
-        self.episodic: EpisodicStore = EpisodicStore(
-            self._client, self.embedder, name=collection_name(config, "episodes"), unique_ids=False)
-        self.semantic: SemanticStore = SemanticStore(
-            self._client, self.embedder, name=collection_name(config, "semantic"), unique_ids=False)
-        self.graph: KnowledgeGraph = KnowledgeGraph(config.sqlite_path, self.clock)
-        self._db = sqlite3.connect(str(config.sqlite_path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA secure_delete=ON")  # forget() must not leave text in free pages
-        self._db.executescript(_EPISODES_SCHEMA)
-        self._journal = Journal(config.home / "journal.sqlite")
+        self._client = None
+        if self.read_only and config.chroma_url is None and client is None:
+            from memory.readonly import EpisodeView, SummaryView
+
+            self.episodic, self.semantic = EpisodeView(self._log), SummaryView(self._summaries)  # type: ignore[assignment]
+        else:
+            self._client = client if client is not None else make_chroma_client(config)
+            # Ids are unique across users here (uuid ids, the SQLite primary key), so the stores skip their
+            # id directory and its extra Chroma write per turn.
+            self.episodic = EpisodicStore(self._client, self.embedder, name=collection_name(config, "episodes"),
+                                          unique_ids=False)
+            self.semantic = SemanticStore(self._client, self.embedder, name=collection_name(config, "semantic"),
+                                          unique_ids=False)
+        self._journal = None if self.read_only else Journal(config.home / "journal.sqlite", busy_timeout_s=timeout)
         self._write_lock = threading.RLock()
         self._recalls = _RecallBuffer()
         self.bm25 = BM25Index()
-        self.drift = DriftMonitor(self.clock)
+        self.drift = DriftMonitor(self.clock)  # per process by design: style statistics are never persisted
         self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
-                                         self.clock, config)
-        self._recover()
+                                         self.clock, config, versions=self._versions.get)
+        self.parts = MemoryParts(config=config, clock=self.clock, embedder=self.embedder, sql=self._sql,
+                                 episodes=self._log, summaries=self._summaries, versions=self._versions,
+                                 episodic=self.episodic, semantic=self.semantic, graph=self.graph,
+                                 retriever=self.retriever, write_lock=self._write_lock)
+        if not self.read_only:
+            self._recover()
+            if self._summaries.created:
+                self._adopt_summaries()
+
+    def _adopt_summaries(self) -> None:
+        """A home from before the ``summaries`` table keeps its summaries in Chroma only: copy them in once."""
+        users = self.users()
+        items = [i for u in users for i in self.semantic.get(u) if i.kind == "summary"]
+        if items:
+            with self._sql.transaction("copy session summaries into memory.sqlite") as conn:
+                self._summaries.put(conn, items)
+            log.info("copied %d session summaries of %d users into %s", len(items), len(users), self.config.sqlite_path)
+
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise ReadOnlyMemory(f"cannot {action}: this Memory of {self.config.home} was opened read-only "
+                                 "(read_only=True). Writes go through the process that owns the home; open "
+                                 "Memory(config) there, or here once that process has finished.")
+        if self._closed:
+            raise StoreError(f"cannot {action}: this Memory was closed; open a new one")
 
     # ----------------------------------------------------------------------------------- writing
 
@@ -132,8 +181,9 @@ class Memory:
         """Store one turn and update the user's knowledge graph; return the change events.
 
         Raises ``InvalidInput`` (nothing stored) for bad text, ids, roles or times; ``StoreError`` if a
-        backing store fails (the turn is rolled back on both sides).
+        backing store fails (the turn is rolled back on both sides); ``ReadOnlyMemory`` if opened read-only.
         """
+        self._writable("remember a turn")
         user_id = check_user_id(user_id)
         session_id = check_user_id(session_id, name="session_id")
         text = clean_text(text)
@@ -147,7 +197,8 @@ class Memory:
             raise InvalidInput(str(exc)) from exc
         candidates = self.extractor.extract(text, role=role) if role == "user" else []
         with self._write_lock:
-            events = self._commit_turn(episode, candidates)
+            events, version = self._commit_turn(episode, candidates)
+        self.retriever.advance(user_id, *version)
         self.flush_recalls(user_id)
         self.retriever.index([episode])
         if role == "user":
@@ -155,37 +206,40 @@ class Memory:
         self._enforce_cap(user_id)
         return Remembered(episode=episode, events=tuple(events))
 
-    def _commit_turn(self, episode: Episode, candidates: Sequence[Any]) -> list[ChangeEvent]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def _commit_turn(self, episode: Episode, candidates: Sequence[Any]) -> tuple[list[ChangeEvent], tuple[int, int]]:
+        """One ``BEGIN IMMEDIATE`` transaction: the episode row, the graph events (planned against the log
+        as this transaction sees it) and the user's write stamp, around the Chroma writes."""
         intent: Intent | None = None
+        journal = self._journal
+        assert journal is not None  # writable
         try:
-            db.execute("INSERT INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)", _episode_row(episode))
-            events = self.graph.apply(episode.user_id, candidates, episode_id=episode.id, at=episode.at,
-                                      conn=db) if candidates else []
-            items, superseded = _semantic_changes(episode.user_id, events)
-            # One forward pass for the turn and its new facts: (1 + len(items), dim). Embedding dominates a
-            # turn's cost, and a second call for the facts nearly doubled it.
-            vectors = self.embedder.embed([episode.text] + [i.text for i in items])
-            intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded))
-            self._journal.begin(intent)
-            self.episodic.add([episode], vectors[:1])
-            if items:
-                self.semantic.add(items, vectors[1:])
-            if superseded:
-                self.semantic.mark_superseded(episode.user_id, superseded)
-            db.execute("COMMIT")
+            with self._sql.transaction("store the turn") as conn:
+                self._log.insert(conn, [episode])
+                events = self.graph.apply(episode.user_id, candidates, episode_id=episode.id, at=episode.at,
+                                          conn=conn) if candidates else []
+                version = self._versions.bump(conn, episode.user_id)
+                items, superseded = semantic_changes(events)
+                # One forward pass for the turn and its new facts: (1 + len(items), dim). Embedding dominates a
+                # turn's cost, and a second call for the facts nearly doubled it.
+                vectors = self.embedder.embed([episode.text] + [i.text for i in items])
+                intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded),
+                                self._owner.id if self._owner else None)
+                journal.begin(intent)
+                self.episodic.add([episode], vectors[:1])
+                if items:
+                    self.semantic.add(items, vectors[1:])
+                if superseded:
+                    self.semantic.mark_superseded(episode.user_id, superseded)
         except BaseException as exc:
-            db.execute("ROLLBACK")
             self.graph.invalidate(episode.user_id)
             if intent is not None:
                 self._undo(intent)
-                self._journal.done(intent.turn_id)
+                journal.done(intent.turn_id)
             if isinstance(exc, PllmMemoryError) or not isinstance(exc, Exception):
                 raise
             raise StoreError(f"storing the turn failed and was rolled back: {exc}") from exc
-        self._journal.done(intent.turn_id)
-        return events
+        journal.done(intent.turn_id)
+        return events, version
 
     def _undo(self, intent: Intent) -> None:
         """Remove what an uncommitted turn may have written to Chroma (idempotent)."""
@@ -200,20 +254,26 @@ class Memory:
 
     def _redo(self, intent: Intent) -> None:
         """Re-apply a committed turn's Chroma writes from the SQLite truth (idempotent upserts)."""
-        episodes = self._episodes_by_id(intent.user_id, intent.episode_ids)
+        episodes = self._log.get(intent.user_id, intent.episode_ids)
         if episodes:
             self.episodic.add(episodes, self.embedder.embed([e.text for e in episodes]))
         facts = [self.graph.get(intent.user_id, i.removeprefix("mi_")) for i in intent.item_ids]
-        items = [_item_for(f) for f in facts if f is not None]
+        items = [fact_item(f) for f in facts if f is not None]
         if items:
             self.semantic.add(items, self.embedder.embed([i.text for i in items]))
         if intent.superseded_fact_ids:
             self.semantic.mark_superseded(intent.user_id, list(intent.superseded_fact_ids))
 
     def _recover(self) -> None:
-        """Finish or roll back turns that a crash interrupted (see :mod:`memory.journal`)."""
+        """Finish or roll back turns that a crash interrupted (see :mod:`memory.journal`); turns of writers
+        that still run (another process on a Chroma server, another Memory here) are theirs to finish."""
+        from memory.home_lock import owner_alive
+
+        assert self._journal is not None  # writable
         for intent in self._journal.pending():
-            committed = self._db.execute("SELECT 1 FROM episodes WHERE id = ?", (intent.turn_id,)).fetchone()
+            if intent.owner is not None and owner_alive(self.config.home, intent.owner):
+                continue
+            committed = self._log.exists(intent.turn_id)
             log.warning("recovering interrupted turn %s of %s (%s)", intent.turn_id, intent.user_id,
                         "redo" if committed else "undo")
             (self._redo if committed else self._undo)(intent)
@@ -230,8 +290,10 @@ class Memory:
                                       k_facts=k_facts or self.config.fact_k,
                                       include_superseded=include_superseded, as_of=as_of)
         # Each recall makes a memory more stable (the forgetting curve flattens with rehearsal); the write
-        # is deferred (see the module docstring): a Chroma write cost 25-70 ms of each recall.
-        self._recalls.add(user_id, rec.episode_ids, to_utc(self.clock.now()).timestamp())
+        # is deferred (see the module docstring): a Chroma write cost 25-70 ms of each recall. A read-only
+        # Memory only looks: its recalls are not rehearsals of the writer's memory.
+        if not self.read_only:
+            self._recalls.add(user_id, rec.episode_ids, to_utc(self.clock.now()).timestamp())
         return rec
 
     def flush_recalls(self, user_id: str | None = None) -> int:
@@ -275,24 +337,16 @@ class Memory:
 
     def episodes(self, user_id: str, *, session_id: str | None = None) -> list[Episode]:
         """The user's stored episodes, oldest first (from the SQLite record of truth)."""
-        sql, args = "SELECT * FROM episodes WHERE user_id = ?", [check_user_id(user_id)]
         if session_id is not None:
-            sql, args = sql + " AND session_id = ?", args + [session_id]
-        return [_episode_from_row(r) for r in self._db.execute(sql + " ORDER BY at", args).fetchall()]
+            session_id = check_user_id(session_id, name="session_id")
+        return self._log.of_user(check_user_id(user_id), session_id=session_id)
 
     def indexed_count(self, user_id: str) -> int:
         """How many of the user's episodes are in the search index (what the cap limits)."""
-        row = self._db.execute("SELECT COUNT(*) FROM episodes WHERE user_id = ? AND in_index = 1", (user_id,)).fetchone()
-        return int(row[0])
-
-    def _episodes_by_id(self, user_id: str, ids: Sequence[str]) -> list[Episode]:
-        marks = ",".join("?" * len(ids))
-        rows = self._db.execute(f"SELECT * FROM episodes WHERE user_id = ? AND id IN ({marks})", [user_id, *ids])
-        return [_episode_from_row(r) for r in rows.fetchall()]
+        return self._log.indexed_count(check_user_id(user_id))
 
     def users(self) -> list[str]:
-        rows = self._db.execute("SELECT DISTINCT user_id FROM episodes").fetchall()
-        return sorted({r[0] for r in rows} | set(self.graph.users()))
+        return sorted(self._log.users() | set(self.graph.users()))
 
     def has_user(self, user_id: str) -> bool:
         return user_id in self.users()
@@ -303,15 +357,16 @@ class Memory:
         from memory.consolidation import enforce_cap
 
         self.flush_recalls(user_id)  # eviction ranks by recall statistics
-        enforce_cap(self, user_id)
+        enforce_cap(self.parts, user_id)
 
     def consolidate(self, user_id: str, *, older_than_days: float = 7.0) -> Any:
         """Summarize old sessions into the semantic store and apply the episode cap."""
         from memory.consolidation import consolidate
 
+        self._writable("consolidate")
         user_id = check_user_id(user_id)
         self.flush_recalls(user_id)  # eviction ranks by recall statistics
-        return consolidate(self, user_id, older_than_days=older_than_days)
+        return consolidate(self.parts, user_id, older_than_days=older_than_days)
 
     # -------------------------------------------------------------------------------- privacy
 
@@ -321,13 +376,16 @@ class Memory:
 
         user_id = check_user_id(user_id)
         self.flush_recalls(user_id)
-        return export_user(self, user_id)
+        return export_user(self.parts, user_id)
 
     def import_(self, document: dict[str, Any], *, user_id: str | None = None) -> int:
-        """Load an ``export`` document (optionally under another user id); returns episodes imported."""
+        """Load an ``export`` document, as its own user or (``user_id``) under another id in this home;
+        returns the number of episodes imported. Everything is checked first: a bad document raises
+        ``InvalidInput`` naming the record and writes nothing (see :mod:`memory.portability`)."""
         from memory.portability import import_user
 
-        return import_user(self, document, user_id=user_id)
+        self._writable("import")
+        return import_user(self.parts, document, user_id=user_id)
 
     def forget(self, user_id: str) -> dict[str, int]:
         """Remove everything stored about ``user_id`` (a no-op returning zeros for an unknown user).
@@ -335,7 +393,9 @@ class Memory:
         Each store drops the user's whole Chroma collection; with an embedded Chroma its files are then
         scrubbed (see :meth:`_scrub_chroma`), so no text, vector or id of the user stays on disk.
         """
+        self._writable("forget a user")
         user_id = check_user_id(user_id)
+        assert self._journal is not None  # writable
         with self._write_lock:
             self._recalls.take(user_id)  # pending recall statistics of records about to go
             collections = [c for c in (self.episodic.collection_id(user_id), self.semantic.collection_id(user_id))
@@ -344,13 +404,15 @@ class Memory:
             removed = {"episodes_index": self.episodic.delete_user(user_id),
                        "semantic_items": self.semantic.delete_user(user_id)}
             removed["chroma_files_scrubbed"] = self._scrub_chroma(segments) if collections else 0
-            cur = self._db.execute("DELETE FROM episodes WHERE user_id = ?", (user_id,))
-            removed["episodes"] = cur.rowcount
-            removed["graph_events"] = self.graph.forget(user_id)
+            with self._sql.transaction("forget the user") as conn:
+                removed["episodes"] = self._log.delete_user(conn, user_id)
+                self._summaries.delete_user(conn, user_id)
+                removed["graph_events"] = self.graph.forget(user_id, conn=conn)
+                self._versions.drop(conn, user_id)
             self._journal.forget(user_id)
             self.retriever.drop_user(user_id)
             self.drift.reset(user_id)
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._sql.checkpoint()  # no copy of the deleted rows left in the WAL
         return removed
 
     def _scrub_chroma(self, segment_dirs: list[Path]) -> int:
@@ -387,14 +449,22 @@ class Memory:
         return removed
 
     def close(self) -> None:
-        """Write pending recall statistics, close the SQLite connections and, if this object built it,
-        release the Chroma client."""
-        self.flush_recalls()
-        self.graph.close()
-        self._journal.close()
-        self._db.close()
-        if self._owns_client and hasattr(self._client, "close"):
-            self._client.close()
+        """Write pending recall statistics, close the SQLite connections, release the Chroma client if this
+        object built it, and let go of the home's writer lock. A second call does nothing."""
+        if self._closed:
+            return
+        try:
+            self.flush_recalls()
+        finally:
+            self._closed = True
+            self.graph.close()
+            if self._journal is not None:
+                self._journal.close()
+            self._sql.close()
+            self._reads.close()
+            if self._owns_client and self._client is not None and hasattr(self._client, "close"):
+                self._client.close()
+            self._release()
 
     def __enter__(self) -> "Memory":
         return self
@@ -438,7 +508,7 @@ def _segment_dirs(client: Any, collection_ids: Sequence[str]) -> list[Path]:
         log.warning("could not read Chroma's segment table at %s; segment folders stay on disk", path, exc_info=True)
         return []
     folders = [path / str(r[0]) for r in rows]
-    return [f for f in folders if f.parent == path and _UUID_RE.match(f.name)]
+    return [f for f in folders if f.parent == path and _UUID_RE.fullmatch(f.name)]
 
 
 class _RecallBuffer:
@@ -476,35 +546,6 @@ class _RecallBuffer:
             return list(self._pending)
 
 
-def _episode_row(e: Episode) -> tuple[Any, ...]:
-    return (e.id, e.user_id, e.session_id, e.role, e.text, e.at.isoformat(), e.recorded_at.isoformat(), e.importance)
-
-
-def _episode_from_row(r: Sequence[Any]) -> Episode:
-    return Episode(id=r[0], user_id=r[1], session_id=r[2], role=r[3], text=r[4], at=datetime.fromisoformat(r[5]),
-                   recorded_at=datetime.fromisoformat(r[6]), importance=float(r[7]))
-
-
-def _item_for(fact: Fact) -> "MemoryItem":
-    from memory.stores import MemoryItem
-
-    return MemoryItem(id=item_id_for(fact.id), user_id=fact.user_id, kind=fact.kind, text=fact.text(),
-                      at=fact.valid_from, source_episode_ids=fact.source_episode_ids, fact_id=fact.id,
-                      current=fact.current)
-
-
-def _semantic_changes(user_id: str, events: Sequence[ChangeEvent]) -> tuple[list["MemoryItem"], list[str]]:
-    """New semantic items and the fact ids whose items are no longer current, for a turn's events."""
-    items: list[MemoryItem] = []
-    superseded: list[str] = []
-    for ev in events:
-        if isinstance(ev, FactAdded):
-            items.append(_item_for(ev.fact))
-        elif isinstance(ev, FactSuperseded):
-            items.append(_item_for(ev.new))
-            superseded.append(ev.old.id)
-        elif isinstance(ev, FactRetracted):
-            superseded.append(ev.fact.id)
-    return items, superseded
-
-
+def _release_all(held: list[Any]) -> None:
+    for lock in reversed(held):
+        lock.release()

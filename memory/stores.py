@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, get_args
 
 import numpy as np
 
-from memory.chroma_backend import SPACE, _check_name, chroma_errors, open_collection
+from memory.chroma_backend import SPACE, _check_name, chroma_errors, open_collection, paged_get
 from memory.clock import to_utc
 from memory.embeddings import ChromaEmbeddingFunction, Embedder, register_chroma_embedding_function
 from memory.errors import InvalidInput, StoreError
@@ -52,7 +52,6 @@ MemoryKind = Literal["fact", "preference", "summary"]
 _KINDS: tuple[str, ...] = get_args(MemoryKind)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SCALARS = (str, int, float, bool)
-_GET_PAGE = 10_000  # records per collection.get call (see _UserScopedCollection._paged_get)
 _DIGEST_HEX = 24  # hex chars of sha256(user_id) in a collection name (96 bits: collisions are not a concern)
 _OWNER_DIM = 4  # dims of the directory's placeholder vectors (derived from the id; never searched)
 _T = TypeVar("_T")
@@ -388,7 +387,7 @@ class _UserScopedCollection:
             if len(ids) == 0:
                 return []
         wanted = list(ids) if ids is not None else None
-        got = self._use(user_id, "read", lambda c: _paged_get(c, wanted, scope, ["documents", "metadatas"]),
+        got = self._use(user_id, "read", lambda c: paged_get(c, wanted, scope, ["documents", "metadatas"]),
                         create=False) or []
         rows = [(i, d or "", dict(m or {})) for i, d, m in got]
         return [r for r in rows if r[2].get("user_id") == user_id]
@@ -429,7 +428,7 @@ class _UserScopedCollection:
     def ids(self, user_id: str) -> list[str]:
         """All record ids of the user, sorted."""
         _check_str("user_id", user_id)
-        got = self._use(user_id, "read", lambda c: _paged_get(c, None, None, []), create=False) or []
+        got = self._use(user_id, "read", lambda c: paged_get(c, None, None, []), create=False) or []
         return sorted(i for i, _, _ in got)
 
     def count(self, user_id: str) -> int:
@@ -496,27 +495,6 @@ def _existing(client: "ClientAPI", name: str, embedder: Embedder) -> "Collection
         raise StoreError(f"collection {name!r} exists with distance space {space!r}, pllm needs {SPACE!r}; "
                          "use another collection prefix or delete that collection")
     return collection
-
-
-def _paged_get(collection: "Collection", ids: list[str] | None, where: dict[str, Any] | None,
-               include: list[str]) -> list[tuple[str, Any, Any]]:
-    """``collection.get`` in pages: Chroma 1.5.9 fails with "too many SQL variables" when one call would
-    return more than ~32k records (a user with 50k episodes could not be read at all)."""
-    out: list[tuple[str, Any, Any]] = []
-    page = _GET_PAGE
-    for start in range(0, len(ids), page) if ids is not None else iter(int, 1):  # ids: chunks; else until short
-        got = collection.get(
-            ids=ids[start : start + page] if ids is not None else None, where=where,
-            limit=None if ids is not None else page, offset=None if ids is not None else len(out),
-            include=include,  # type: ignore[arg-type]
-        )
-        n = len(got["ids"])
-        docs = got.get("documents") or [None] * n
-        metas = got.get("metadatas") or [None] * n
-        out.extend(zip(got["ids"], docs, metas))
-        if ids is None and n < page:
-            break
-    return out
 
 
 # --------------------------------------------------------------------------------- episodes

@@ -13,7 +13,8 @@ MAX_TEXT_CHARS = 20_000  # one turn; longer input is refused (split it), never s
 MAX_ID_CHARS = 200
 # C0/C1 control characters other than tab, newline and carriage return.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+\-]*$")
+# Matched with fullmatch: ``$`` would also match before a final "\n", letting "bob\n" through.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+\-]*")
 
 
 def clean_text(text: object, *, name: str = "text") -> str:
@@ -49,7 +50,7 @@ def check_user_id(user_id: object, *, name: str = "user_id") -> str:
     """A user id: a non-empty str of letters, digits and ``_.@:+-``, at most :data:`MAX_ID_CHARS` long."""
     if not isinstance(user_id, str):
         raise InvalidInput(f"{name} must be a str, got {type(user_id).__name__}")
-    if not user_id or len(user_id) > MAX_ID_CHARS or not _ID.match(user_id):
+    if not user_id or len(user_id) > MAX_ID_CHARS or not _ID.fullmatch(user_id):
         raise InvalidInput(f"{name} {user_id!r} is not valid: use 1-{MAX_ID_CHARS} letters, digits or _.@:+- "
-                           "(starting with a letter or digit)")
+                           "(starting with a letter or digit; no spaces, newlines or control characters)")
     return user_id

@@ -277,7 +277,7 @@ def test_rollback_of_the_callers_transaction_leaves_the_graph_unchanged(tmp_path
     conn = sqlite3.connect(path)  # the memory facade's connection: episodes + graph events in one transaction
     events = kg.apply("u1", [C("lives_in", "Bergen")], episode_id="ep1", at=day(1), conn=conn)
     assert isinstance(events[0], FactSuperseded)
-    assert current(kg) == {("u1", "lives_in", "Bergen", None)}  # visible in memory at once
+    assert current(kg) == {("u1", "lives_in", "Oslo", None)}  # not committed: other readers do not see it
     conn.rollback()
     kg.invalidate("u1")
     assert current(kg) == {("u1", "lives_in", "Oslo", None)}

@@ -385,3 +385,89 @@ def test_a_compiled_graph_reads_and_writes_through_the_store(tmp_path: Path, emb
     assert other["recalled"] == ["I trade stocks"]  # u2 sees only u2's namespace
     assert len(store.search(("memories", "u1"))) == 2
     assert store.list_namespaces(prefix=("memories",)) == [("memories", "u1"), ("memories", "u2")]
+
+
+def test_a_collection_name_ending_in_a_newline_is_refused(tmp_path: Path, embedder) -> None:
+    with pytest.raises(InvalidInput, match="not a valid Chroma collection name"):
+        ChromaStore(path=tmp_path / "db", embedder=embedder, collection="pllm_store\n")
+
+
+# ------------------------------------------------------------------ per-user data (the registry's hooks)
+
+
+def _user_items(store: ChromaStore) -> None:
+    store.put(("users", "ann", "prefs"), "drink", {"text": "Ann drinks green tea every morning"})
+    store.put(("users", "ann", "notes"), "pet", {"text": "the dog", "tags": ["dog Rex", "pet"]}, index=["tags[*]"])
+    store.put(("users", "ann", "notes"), "raw", {"n": 1}, index=False)
+    store.put(("users", "annabel"), "drink", {"text": "Annabel drinks cocoa"})
+    store.put(("users", "bob"), "drink", {"text": "Bob drinks black coffee"})
+
+
+def test_a_users_namespace_is_exported_moved_and_forgotten_with_its_vectors(tmp_path: Path, embedder) -> None:
+    import json
+
+    clock = ManualClock(utc(2024, 1, 1))
+    store = ChromaStore(path=tmp_path / "db", embedder=embedder, clock=clock)
+    _user_items(store)
+    clock.advance(timedelta(days=1))
+    store.put(("users", "ann", "prefs"), "drink", {"text": "Ann drinks green tea every morning", "cups": 2})
+    exported = json.loads(json.dumps(store.export_namespace(("users", "ann"))))  # JSON-ready
+    assert [(e["namespace"], e["key"], len(e["texts"])) for e in exported] == [
+        (["users", "ann", "notes"], "pet", 2), (["users", "ann", "notes"], "raw", 0), (["users", "ann", "prefs"], "drink", 1)]
+    assert exported[0]["texts"] == ["dog Rex", "pet"] and "green tea" in exported[2]["texts"][0]
+
+    clock.advance(timedelta(days=30))
+    assert store.import_namespace(exported, prefix=("users", "bea")) == 3  # Ann's items, now Bea's
+    ann, bea = store.get(("users", "ann", "prefs"), "drink"), store.get(("users", "bea", "prefs"), "drink")
+    assert bea is not None and ann is not None
+    assert (bea.value, bea.created_at, bea.updated_at) == (ann.value, utc(2024, 1, 1), utc(2024, 1, 2))
+    found = store.search(("users", "bea"), query="what does she drink in the morning?")
+    assert found[0].key == "drink" and found[0].score == pytest.approx(
+        store.search(("users", "ann"), query="what does she drink in the morning?")[0].score, abs=1e-5)
+    assert store.search(("users", "bea", "notes"), query="a puppy called Rex")[0].key == "pet"  # its tags, re-embedded
+
+    vectors = store._vectors.count()
+    assert store.forget_namespace(("users", "ann")) == 3
+    assert store._vectors.count() == vectors - 3  # the item's vectors went with it (1 + 2 + 0)
+    assert store.search(("users", "ann")) == [] and store.get(("users", "ann", "prefs"), "drink") is None
+    assert store.forget_namespace(("users", "ann")) == 0
+    assert [i.key for i in store.search(("users", "annabel"))] == ["drink"]  # a longer label is another user
+    assert store.search(("users", "bob"), query="coffee")[0].value["text"] == "Bob drinks black coffee"
+    assert len(store.search(("users", "bea"))) == 3
+
+
+BAD_ITEMS = {
+    "not a mapping": ("oops", "must be a mapping"),
+    "no namespace": ({"key": "k", "value": {}}, "namespace must be"),
+    "dotted label": ({"namespace": ["users", "x", "a.b"], "key": "k", "value": {}}, "not a valid namespace"),
+    "value not a dict": ({"namespace": ["users", "x"], "key": "k", "value": [1]}, "value must be a mapping"),
+    "not JSON": ({"namespace": ["users", "x"], "key": "k", "value": {"v": object()}}, "JSON"),
+    "bad time": ({"namespace": ["users", "x"], "key": "k", "value": {}, "created_at": "soon"}, "ISO-8601"),
+    "bad texts": ({"namespace": ["users", "x"], "key": "k", "value": {}, "texts": "one"}, "texts must be"),
+    "lone surrogate": ({"namespace": ["users", "x"], "key": "k", "value": {"t": "caf\udce9"}}, "not valid Unicode"),
+    "too short for the prefix": ({"namespace": ["users"], "key": "k", "value": {}}, "shorter than the new prefix"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ITEMS))
+def test_a_bad_import_names_the_item_and_writes_nothing(tmp_path: Path, embedder, case: str) -> None:
+    store = ChromaStore(path=tmp_path / "db", embedder=embedder)
+    _user_items(store)
+    good = store.export_namespace(("users", "ann"))
+    bad, message = BAD_ITEMS[case]
+    with pytest.raises(InvalidInput, match=message) as refused:
+        store.import_namespace([*good, bad], prefix=("users", "cid"))  # the bad one is the last
+    assert "item #3" in str(refused.value)
+    assert store.search(("users", "cid")) == [] and store.export_namespace(("users", "ann")) == good
+
+
+def test_namespace_hooks_refuse_an_empty_prefix_and_duplicates(tmp_path: Path, embedder) -> None:
+    store = ChromaStore(path=tmp_path / "db", embedder=embedder)
+    _user_items(store)
+    for call in (lambda: store.forget_namespace(()), lambda: store.export_namespace(()), lambda: store.forget_namespace("users")):
+        with pytest.raises(InvalidInput, match="non-empty tuple"):
+            call()
+    items = store.export_namespace(("users", "bob"))
+    with pytest.raises(InvalidInput, match="both hold"):
+        store.import_namespace(items + items)
+    assert len(store.search(("users",), limit=50)) == 5  # nothing was deleted or written

@@ -363,7 +363,6 @@ def test_the_users_own_words_outrank_an_assistant_reply_that_echoes_the_question
 
 
 def test_a_summary_of_an_old_session_is_recalled_for_a_query_about_it(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from memory.consolidation import consolidate
     from memory.service import Memory
 
     clock = ManualClock(T0)
@@ -377,7 +376,7 @@ def test_a_summary_of_an_old_session_is_recalled_for_a_query_about_it(tmp_path, 
             for minute, text in enumerate(texts):
                 mem.remember("hana", text, session_id=session, at=T0 + timedelta(days=day, minutes=minute))
         clock.advance(timedelta(days=30))
-        assert consolidate(mem, "hana").summaries_added == 3
+        assert mem.consolidate("hana").summaries_added == 3
 
         got = mem.retriever.retrieve("hana", "What did we talk about for the Japan holiday?", k_episodes=0, k_facts=0)
         assert "Kyoto" in got.summaries[0].text and got.summaries[0].source_episode_ids

@@ -394,6 +394,13 @@ BAD_CALLS = {
     "path-like user": ({"user_id": "../etc/passwd"}, "user_id"),
     "overlong user": ({"user_id": "u" * 201}, "user_id"),
     "bad session": ({"session_id": "a/b"}, "session_id"),
+    # ``$`` matches before a final newline: these passed a ``match(...$)`` check and were stored
+    **{f"user {label}": ({"user_id": "bob" + tail}, "user_id 'bob.*' is not valid")
+       for label, tail in (("ending in \\n", "\n"), ("ending in \\r", "\r"), ("ending in a space", " "),
+                           ("with NUL", "\x00"))},
+    **{f"session {label}": ({"session_id": "s1" + tail}, "session_id 's1.*' is not valid")
+       for label, tail in (("ending in \\n", "\n"), ("ending in \\r", "\r"), ("ending in a space", " "),
+                           ("with NUL", "\x00"))},
     "bad role": ({"role": "robot"}, "role"),
     "importance > 1": ({"importance": 2.0}, "importance"),
     "string time": ({"at": "yesterday"}, "datetime"),
@@ -492,5 +499,4 @@ def test_the_cap_evicts_weak_episodes_but_keeps_facts_summaries_and_recalled_tur
 
 def assert_consistent_after_cap(mem: Memory, user: str) -> None:
     """After eviction Chroma holds exactly the SQLite episodes still marked as indexed."""
-    indexed = {r[0] for r in mem._db.execute("SELECT id FROM episodes WHERE user_id = ? AND in_index = 1", (user,))}
-    assert set(mem.episodic.ids(user)) == indexed
+    assert set(mem.episodic.ids(user)) == mem.parts.episodes.indexed_ids(user)
