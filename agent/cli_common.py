@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from editing import EditingError
-from memory import PllmMemoryError
+from agent.errors import PLLM_ERRORS  # every pllm error: agent's, memory's, editing's
+
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.settings import Settings
@@ -31,8 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["PLLM_ERRORS", "PllmTyper", "console", "err_console", "fail", "print_error", "settings", "setup",
            "pllm_version"]
 
-# TODO(8B): replace with ``from agent.errors import PLLM_ERRORS`` (adds AgentError) once agent/errors.py lands.
-PLLM_ERRORS: tuple[type[Exception], ...] = (PllmMemoryError, EditingError)
 
 console = Console()
 err_console = Console(stderr=True)

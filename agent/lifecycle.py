@@ -393,14 +393,17 @@ def user_data_for(memory: "Memory", registry: "ThreadRegistry", checkpointer: "B
     return UserData(parts, clock=memory.clock, on_close=on_close)
 
 
-def open_user_data(settings: "Settings", *, embedder: "Embedder | None" = None) -> UserData:
+def open_user_data(settings: "Settings", *, embedder: "Embedder | None" = None, read_only: bool = False) -> UserData:
     """The user-data registry of a pllm home without loading the chat model (for ``pllm memory export/
-    import/forget``); close it when done (it is a context manager)."""
+    import/forget``); close it when done (it is a context manager).
+
+    ``read_only=True`` opens the memory read-only (no writer lock: works while a chat holds the home);
+    export works then, import and forget are refused by the memory."""
     from agent.graph import close_checkpointer, make_checkpointer
     from agent.threads import ThreadRegistry
     from memory.service import Memory
 
-    memory = Memory(settings.memory_config(), embedder=embedder)
+    memory = Memory(settings.memory_config(), embedder=embedder, read_only=read_only)
     try:
         registry = ThreadRegistry.under(settings.home)
         checkpointer = make_checkpointer(settings.home, settings.postgres_url)

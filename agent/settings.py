@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from platformdirs import user_cache_dir
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.errors import AgentError
 from editing import GenerationSettings, RuntimeConfig
 from memory import MemoryConfig
 
@@ -34,10 +36,12 @@ log = logging.getLogger(__name__)
 # What memory.Memory keeps under its home (the SQLite files with their WAL companions).
 _MEMORY_FILES = tuple(f"{db}{suffix}" for db in ("memory.sqlite", "journal.sqlite") for suffix in ("", "-wal", "-shm")) \
     + ("chroma",)
+# Lock files a writable Memory leaves beside its data: meaningful only to a live writer, never moved.
+_LOCK_LEFTOVERS = ("writer.lock", "writer.json", "writers")
 LEGACY_MEMORY_DIR = "memory"
 
 
-class HomeLayoutError(RuntimeError):  # TODO(8B): derive from agent.errors.AgentError once it lands
+class HomeLayoutError(AgentError):
     """The home holds memory in both the old (``HOME/memory/``) and the current layout; nothing was moved."""
 
 
@@ -73,6 +77,12 @@ def migrate_legacy_layout(home: Path) -> list[Path]:
     for p in files:
         p.rename(home / p.name)
     if files:
+        for name in _LOCK_LEFTOVERS:
+            leftover = home / LEGACY_MEMORY_DIR / name
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         try:
             (home / LEGACY_MEMORY_DIR).rmdir()
         except OSError:  # something else lives there; leave it

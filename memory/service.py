@@ -105,6 +105,7 @@ class Memory:
         except BaseException:
             self._release()
             raise
+        log.info("opened the memory at %s (%s)", config.home, "read-only" if self.read_only else "writable")
 
     def _open(self, client: Any) -> None:
         from memory.bm25 import BM25Index
