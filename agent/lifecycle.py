@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agent.errors import InvalidDocument, NoUserData, UserDataError
 from memory.clock import Clock, SystemClock
-from memory.errors import UnknownUser
+from memory.errors import PllmMemoryError, UnknownUser
 from memory.portability import EXPORT_FORMAT as MEMORY_EXPORT_FORMAT  # accepted by import_ as the memory part
 from memory.validation import check_user_id
 
@@ -194,6 +194,14 @@ def _check_document(document: Any, *, known: Mapping[str, Any]) -> Mapping[str, 
     parts = document.get("parts")
     if not isinstance(parts, Mapping) or not isinstance(document.get("user_id"), str):
         raise InvalidDocument("a user export needs a 'user_id' string and a 'parts' object")
+    try:
+        owner = check_user_id(document["user_id"])
+    except PllmMemoryError as exc:
+        raise InvalidDocument(f"the export's user_id is not valid: {exc}; nothing was imported") from exc
+    memory = parts.get("memory")
+    if isinstance(memory, Mapping) and memory.get("user_id") != owner:
+        raise InvalidDocument(f"the export belongs to {owner!r} but its memory part to {memory.get('user_id')!r}; "
+                              "a user export holds one user's data. Nothing was imported")
     unknown = sorted(set(parts) - set(known))
     if unknown:  # importing the rest would silently drop these
         raise InvalidDocument(f"the export has parts this stack does not hold: {', '.join(unknown)} "
