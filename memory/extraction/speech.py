@@ -34,7 +34,8 @@ _ONLY = frozenset({"only", "exclusively", "solely", "mostly", "always", "usually
 _HABIT = frozenset({"use", "read", "buy", "eat", "drink", "wear", "watch", "play", "choose", "listen", "stay",
                     "travel", "drive", "shop", "cook", "consider", "book"})
 _NOUN_PREFS = {  # "I have a strong aversion to X" / "a love for X"
-    **dict.fromkeys(("aversion", "dislike", "distaste", "hatred", "phobia", "fear", "intolerance"), "dislikes"),
+    **dict.fromkeys(("aversion", "dislike", "distaste", "hatred", "phobia", "fear", "intolerance", "disdain",
+                     "objection"), "dislikes"),
     **dict.fromkeys(("preference", "love", "passion", "fondness", "weakness", "affinity", "interest"), "likes"),
 }
 _NEGATIVE_ADJ = frozenset({"ineffective", "distracting", "boring", "unengaging", "overwhelming", "annoying",
@@ -48,7 +49,8 @@ _STATE_VERBS = frozenset((
 _OBJECT_DEPS = frozenset({"dobj", "xcomp", "pobj", "attr", "ccomp", "acomp", "oprd"})
 _MAX_WORDS = 6
 _NOT_OBJECTS = frozenset({"", "not", "to", "no", "never", "it", "that", "this", "how", "what", "why", "when", "you",
-                          "them", "him", "her", "us", "me", "those", "these", "where", "who", "which", "if"})
+                          "them", "him", "her", "us", "me", "those", "these", "where", "who", "which", "if", "a", "an",
+                          "the"})
 
 
 class SpeechExtractor:
@@ -146,8 +148,10 @@ def _phrase(token: Any) -> str | None:
     for t in token.subtree:
         if t == token or t.i in cut:
             continue
-        if t.dep_ in ("relcl", "acl", "advcl", "appos", "parataxis"):
+        if t.dep_ in ("relcl", "acl", "advcl", "appos", "parataxis") or _example(t):
             cut.update(x.i for x in t.subtree)
+            if t.lower_ == "as":
+                cut.add(t.i - 1)  # "such"
         elif t.dep_ in ("det", "poss", "predet", "neg", "aux", "mark") or (t.is_punct and t.text not in "-/"):
             cut.add(t.i)
     kept = [t for t in token.subtree if t.i not in cut]
@@ -156,6 +160,14 @@ def _phrase(token: Any) -> str | None:
         words -= not kept.pop().is_punct
     text = " ".join("".join(t.text_with_ws for t in kept).split())  # keeps "sci-fi", "one-on-one" whole
     return text.strip(" ,.;:-") or None
+
+
+def _example(token: Any) -> bool:
+    """ "such as X", "like X", "including X" after a noun: examples, not the preference itself."""
+    if token.dep_ != "prep":
+        return False
+    return token.lower_ in ("like", "including") or (token.lower_ == "as" and token.i > 0
+                                                     and token.doc[token.i - 1].lower_ == "such")
 
 
 def _pref(relation: str, token: Any, strength: float = 0.7) -> list[Candidate]:
@@ -185,7 +197,8 @@ def _dependency_rules(clause: Clause) -> list[Candidate]:
     """Preferences stated in ways the patterns do not cover (PrefEval's wording, mostly)."""
     head = clause.head
     lemma = head.lemma_.lower()
-    objects = _objects(head)
+    kept = {t.i for t in clause.tokens}  # not "Due to motion sickness," that the clause dropped
+    objects = [o for o in _objects(head) if o.i in kept]
     if lemma in _AVOID and objects:  # "I strictly avoid X", "I refuse to X"
         target = objects[0]
         return _pref("likes" if _negated(head) else "dislikes", target, 0.8)
@@ -196,17 +209,24 @@ def _dependency_rules(clause: Clause) -> list[Candidate]:
     if lemma == "have":  # "I have a strong aversion to X", "a preference for X"
         for obj in (c for c in head.children if c.dep_ == "dobj"):
             relation = _NOUN_PREFS.get(obj.lemma_.lower())
-            target = [g for p in obj.children if p.dep_ == "prep" for g in p.children if g.dep_ == "pobj"]
+            target = [g for p in obj.children if p.dep_ == "prep" for g in p.children if g.dep_ in ("pobj", "pcomp")]
             target = target or [c for c in obj.children if c.dep_ == "acl"]  # parsed "aversion to gamified X"
+            if relation == "likes" and any(c.lower_ == "no" for c in obj.children):
+                relation = "dislikes"  # "I have no interest in period dramas"
             if relation and target:
                 return _pref(relation, target[0], 0.8)
+            if obj.lemma_.lower() == "allergy" and target:  # "I have an allergy to coconut"
+                thing = _phrase(target[0])
+                return [Candidate("user", "allergic_to", thing)] if thing else []
     if lemma == "be":  # "I'm (not) interested in X", "I'm against X", "I'm sensitive to X"
-        for adj in (c for c in head.children if c.dep_ in ("acomp", "prep")):
+        for adj in (c for c in head.children if c.dep_ in ("acomp", "prep", "attr")):
             target = [g for p in ([adj] if adj.dep_ == "prep" else adj.children) if p.dep_ == "prep"
                       for g in p.children if g.dep_ == "pobj"]
             word = adj.lower_
             if not target:
                 continue
+            if word == "fan":  # "I am not a fan of high-speed activities such as ..."
+                return _pref("dislikes" if _negated(head) else "likes", target[0])
             if word in ("interested", "keen", "passionate", "enthusiastic"):
                 return _pref("dislikes" if _negated(head) else "likes", target[0])
             if word in ("against", "sensitive", "averse", "opposed"):
@@ -232,4 +252,11 @@ def _dependency_rules(clause: Clause) -> list[Candidate]:
                 return [Candidate("user", "works_as", job)]
     if lemma in _HABIT and objects and any(c.lower_ in _ONLY for c in head.children):
         return _pref("likes", objects[0], 0.6)  # "I only use open-source software"
+    if lemma in _HABIT and objects and _negated(head) and objects[0].pos_ in ("NOUN", "PROPN"):
+        return _pref("dislikes", objects[0], 0.6)  # "I don't watch shows with supernatural themes"
+    if (lemma == "handle" and _negated(head)) or (lemma == "steer" and any(c.lower_ == "clear" for c in head.children)):
+        target = (objects if lemma == "handle" else []) or [g for c in head.children if c.lower_ == "clear" for p in c.children if p.lower_ == "of"
+                            for g in p.children if g.dep_ == "pobj"]
+        if target:  # "I can't handle X", "I steer clear of X"
+            return _pref("dislikes", target[0], 0.8)
     return []

@@ -117,6 +117,9 @@ def test_the_pattern_extractor_alone_misses_the_issue_phrasings() -> None:
     ("I prefer not to dine at rooftop locations.", ("dislikes", "dine at rooftop locations", None, False)),
     ("I am not interested in sci-fi games.", ("dislikes", "sci-fi games", None, False)),
     ("I find flashcards ineffective.", ("dislikes", "flashcards", None, False)),
+    ("I have no interest in watching period dramas.", ("dislikes", "watching period dramas", None, False)),
+    ("Due to motion sickness, I steer clear of athletic activities.", ("dislikes", "athletic activities", None, False)),
+    ("I am not a fan of high-speed activities such as car racing.", ("dislikes", "high-speed activities", None, False)),
 ])
 def test_ordinary_phrasings(speech: SpeechExtractor, text: str, expected: tuple) -> None:
     assert expected in edges(speech, text)
