@@ -152,9 +152,9 @@ def _clause(head: Any, other_heads: set[Any], question: bool) -> Clause:
     _drop_time(head, dropped)
     replaces = _drop_contrast(head, dropped)
     tokens = [t for t in head.subtree if t.i not in dropped]
-    words = [t.text for t in tokens]
-    if subject is not None and subject.lower_ == "we":
-        words = ["I" if t == subject else t.text for t in tokens]
+    # A token written flush against the kept one before it ("self-acceptance", "sci-fi") stays attached.
+    words = [("\0" if i and tokens[i - 1].i == t.i - 1 and not tokens[i - 1].whitespace_ else "")
+             + ("I" if t == subject and t.lower_ == "we" else t.text) for i, t in enumerate(tokens)]
     if not own_subject and subject is not None and subject.lower_ in _FIRST_PERSON:
         words = ["I", *words]
     mark = {c.lower_ for c in head.children if c.dep_ == "mark"}
@@ -234,7 +234,9 @@ def _join(words: list[str]) -> str:
     """Tokens back into text: contractions and punctuation attach to the word before."""
     out = ""
     for w in words:
-        if out and (w.startswith("'") or w.lower() in ("n't", "'s", "'m", "'re", "'ve", "'d", "'ll")
+        if w.startswith("\0"):
+            out += w[1:]
+        elif out and (w.startswith("'") or w.lower() in ("n't", "'s", "'m", "'re", "'ve", "'d", "'ll")
                     or w in (",", ".", "!", "?", ";", ":", "%", ")")):
             out += w
         elif out.endswith(("(", "-")) and w:
