@@ -37,7 +37,7 @@ from memory.records import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.drift import DriftMonitor
-    from memory.extraction import Candidate, Extractor, LLMExtractor, PatternExtractor
+    from memory.extraction import Candidate, Extractor, LLMExtractor, PatternExtractor, SpeechExtractor
     from memory.graph import GraphEvent, HistoryEntry, KnowledgeGraph
     from memory.langgraph_store import ChromaStore
     from memory.relations import DIMENSIONS, RELATIONS
@@ -52,6 +52,7 @@ _LAZY = {
     "GraphEvent": "memory.graph",
     "HistoryEntry": "memory.graph",
     "PatternExtractor": "memory.extraction",
+    "SpeechExtractor": "memory.extraction",
     "LLMExtractor": "memory.extraction",
     "Candidate": "memory.extraction",
     "Extractor": "memory.extraction",

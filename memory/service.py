@@ -82,14 +82,14 @@ class Memory:
     def __init__(self, config: MemoryConfig, *, embedder: Embedder | None = None,
                  extractor: "Extractor | None" = None, clock: Clock | None = None, client: Any = None,
                  read_only: bool = False) -> None:
-        from memory.extraction import PatternExtractor
+        from memory.extraction import default_extractor
         from memory.home_lock import TurnOwner, acquire_writer
 
         self.config = config
         self.read_only = bool(read_only)
         self.clock: Clock = clock or SystemClock()
         self.embedder: Embedder = embedder or MiniLMEmbedder()
-        self.extractor: Extractor = extractor or PatternExtractor()
+        self.extractor: Extractor = extractor if extractor is not None else default_extractor()
         self._closed = False
         held: list[Any] = []  # OS locks this object holds: released by close(), by collection or at exit
         self._release = weakref.finalize(self, _release_all, held)  # (and by the OS if the process dies)

@@ -1,8 +1,10 @@
 """Extraction: turn a message into candidate knowledge-graph edges.
 
-``PatternExtractor`` (default) is offline and deterministic; ``LLMExtractor`` asks any LangChain chat model
-for structured output. Both satisfy the one-method :class:`Extractor` protocol. ``LLMExtractor`` is
-imported lazily (it pulls in langchain-core and pydantic).
+``SpeechExtractor`` (the default, :func:`default_extractor`) reads ordinary speech through spaCy's
+dependency parse and the patterns; ``PatternExtractor`` is the regex core it builds on (offline,
+deterministic, sub-millisecond); ``LLMExtractor`` asks any LangChain chat model for structured output.
+All satisfy the one-method :class:`Extractor` protocol. ``SpeechExtractor`` and ``LLMExtractor`` are
+imported lazily (spaCy; langchain-core and pydantic).
 """
 
 from __future__ import annotations
@@ -14,8 +16,17 @@ from memory.extraction.patterns import PatternExtractor
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.extraction.llm import LLMExtractor
+    from memory.extraction.speech import SpeechExtractor
 
-__all__ = ["Candidate", "Extractor", "LLMExtractor", "PatternExtractor", "USER_SUBJECTS"]
+__all__ = ["Candidate", "Extractor", "LLMExtractor", "PatternExtractor", "SpeechExtractor", "USER_SUBJECTS",
+           "default_extractor"]
+
+
+def default_extractor() -> Extractor:
+    """The extractor ``Memory`` uses when given none: :class:`SpeechExtractor` (spaCy loads on first use)."""
+    from memory.extraction.speech import SpeechExtractor
+
+    return SpeechExtractor()
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from memory.extraction.llm import LLMExtractor
 
         return LLMExtractor
+    if name == "SpeechExtractor":
+        from memory.extraction.speech import SpeechExtractor
+
+        return SpeechExtractor
     raise AttributeError(f"module 'memory.extraction' has no attribute {name!r}")
