@@ -24,7 +24,7 @@ __all__ = ["QueryIntent", "classify_query"]
 # Past-tense cues about the user's own circumstances. "did I" alone is not enough ("did I tell you my
 # name?" asks about now), so the verb after it must be one of those that name a state that can change.
 _PAST = re.compile(
-    r"\b(?:before|used to|previous(?:ly)?|former(?:ly)?|originally|in the past|back then|at first|"
+    r"\b(?:before|(?:did i )?used? to|previous(?:ly)?|former(?:ly)?|originally|in the past|back then|at first|"
     r"old (?:job|address|home|house|city|place|apartment|flat|favou?rite|car|school|employer|company)|"
     r"(?:did|had) i (?:live|work|stay|study|have|own|like|love|prefer|drive|use|eat|play)|"
     r"(?:was|were) my|where was i (?:living|working|based))\b"
