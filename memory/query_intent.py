@@ -47,7 +47,7 @@ class QueryIntent:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """Short names for prompts and logs: ``("past", "time_anchored", "assistant")`` ⊇ result."""
+        """Short names for prompts and logs: the tense, then ``"time_anchored"`` and ``"assistant"`` when they apply."""
         return ((self.tense,) + (("time_anchored",) if self.window else ())
                 + (("assistant",) if self.about_assistant else ()))
 

@@ -141,9 +141,10 @@ class IntentRanking:
         """Evidence turns to score even when no channel found them."""
         return self.evidence.episode_ids
 
-    @staticmethod
-    def from_facts(intent: QueryIntent, query: str, facts: Sequence[Fact], weights: RankingWeights,
+    @classmethod
+    def from_facts(cls, intent: QueryIntent, query: str, facts: Sequence[Fact], weights: RankingWeights,
                    assistant_turns: float, when: datetime | None = None) -> "IntentRanking":
-        """The ranking for ``query`` over the user's facts (including superseded ones)."""
+        """The ranking for ``query`` over the user's facts (including superseded ones); ``when``: the
+        ``as_of`` of the recall (None: now)."""
         evidence = update_evidence(query, facts, window=intent.window, when=when)
-        return IntentRanking(intent, evidence, weights, assistant_turns)
+        return cls(intent, evidence, weights, assistant_turns)

@@ -1,4 +1,5 @@
-"""Time expressions and query intents, read against a fixed question date (Thursday 3 December 2026)."""
+"""Time expressions, query intents and update evidence, read against a fixed question date (Thursday
+3 December 2026)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from memory.clock import utc
 from memory.errors import InvalidInput
 from memory.query_intent import classify_query
+from memory.ranking import update_evidence
+from memory.records import Fact
 from memory.time_anchor import time_window
 
 REF = utc(2026, 12, 3, 10)
@@ -88,3 +91,20 @@ def test_bad_input_raises_a_pllm_error() -> None:
 )
 def test_queries_are_classified_by_what_they_ask_for(query: str, labels: tuple[str, ...]) -> None:
     assert classify_query(query, REF).labels == labels
+
+
+def _lives(city: str, start: datetime, end: datetime | None, episode: str) -> Fact:
+    return Fact(user_id="u", subject="u", relation="lives_in", object=city, valid_from=start, recorded_at=start,
+                valid_to=end, source_episode_ids=(episode,))
+
+
+def test_update_evidence_is_split_by_what_is_true_in_the_period_asked_about() -> None:
+    moved = utc(2026, 6, 1)
+    facts = [_lives("Porto", utc(2025, 1, 1), moved, "ep_porto"), _lives("Denver", moved, None, "ep_denver")]
+    now = update_evidence("Where do I live?", facts)
+    assert (now.newest, now.superseded) == ({"ep_denver"}, {"ep_porto"})
+    named = update_evidence("Tell me about Denver", facts)  # naming a value makes the slot the question's
+    assert named.newest == {"ep_denver"}
+    then = update_evidence("Where was I living last year?", facts, window=time_window("last year", REF))
+    assert (then.newest, then.superseded) == ({"ep_porto"}, {"ep_denver"})
+    assert update_evidence("What's my favourite colour?", facts).episode_ids == []  # another topic: untouched
