@@ -253,16 +253,16 @@ def update_case(rng: random.Random, index: int) -> UpdateCase:
     values, olds, news, currents, pasts, topic = SLOTS[slot]
     old, new = rng.sample(values, 2)
     lines = _filler(rng, rng.randint(2, 5)) + [("user", rng.choice(olds).format(v=old))]
+    old_i = len(lines) - 1
     middle = _filler(rng, rng.randint(6, 12)) + list(rng.sample(topic, min(3, len(topic))))
     rng.shuffle(middle)
     lines += middle + [("user", rng.choice(news).format(v=new))]
+    new_i = len(lines) - 1
     after = _filler(rng, rng.randint(3, 8)) + list(rng.sample(topic, 2))
     rng.shuffle(after)
     lines += after
     start = utc(2025, 1, 6, 9) + timedelta(days=rng.randrange(60))
     turns = _timed(lines, start, timedelta(hours=rng.choice((5, 20, 50))))
-    old_i = next(i for i, (_, t, _) in enumerate(turns) if old in t)
-    new_i = next(i for i, (_, t, _) in enumerate(turns) if new in t)
     return UpdateCase(f"upd{index}", tuple(turns), turns[-1][2] + timedelta(days=2), old=old_i, new=new_i,
                       current_question=rng.choice(currents), past_question=rng.choice(pasts).format(new=new))
 
@@ -284,7 +284,7 @@ def anchor_case(rng: random.Random, index: int) -> AnchorCase:
         for j, (role, text) in enumerate(_filler(rng, rng.randint(1, 3))):
             turns.append((role, text, at + timedelta(minutes=10 * (j + 1))))
     turns.sort(key=lambda t: t[2])
-    target = next(i for i, t in enumerate(turns) if chosen[0] in t[1])
+    target = next(i for i, t in enumerate(turns) if t[2] == target_at)  # filler turns come minutes after
     return AnchorCase(f"anc{index}", tuple(turns), asked_at, target=target,
                       question=rng.choice(questions).format(e=expression), expression=expression)
 

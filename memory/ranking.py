@@ -137,6 +137,17 @@ class IntentRanking:
             fused *= w.superseded
         return fused
 
+    def lexical_query(self, query: str) -> str:
+        """``query`` without its time expression, for lexical search: the window does that job, and "last
+        week" would otherwise match any turn that says "week" (on ``bench/updates.py`` seed 1, "What book
+        was I reading last week?" put "cold and rainy all week" first)."""
+        window = self.intent.window
+        if window is None:
+            return query
+        at = query.casefold().find(window.phrase.casefold())
+        rest = f"{query[:at]} {query[at + len(window.phrase):]}".strip() if at >= 0 else query
+        return rest if rest.strip(" ?!.,") else query
+
     def extra_candidates(self) -> list[str]:
         """Evidence turns to score even when no channel found them."""
         return self.evidence.episode_ids

@@ -537,7 +537,7 @@ class HybridRetriever:
             extra = self._episodic.query(user_id, vector, n, where={"$and": bounds})
             merged = sorted([*hits.values(), *(h for h in extra if h.id not in hits)], key=lambda h: -h.similarity)
             hits = {h.id: h for h in merged}
-        lexical = self._bm25.search(user_id, query, n, normalized=True)  # scores: shares of the query's IDF
+        lexical = self._bm25.search(user_id, ranking.lexical_query(query), n, normalized=True)  # shares of its IDF
         channels = {
             "dense": list(hits),
             "bm25": [i for i, share in lexical if share >= self.weights.bm25_min_share],
