@@ -15,6 +15,9 @@ One :meth:`HybridRetriever.retrieve` call, in the order data flows:
    is the Ebbinghaus curve of :mod:`memory.forgetting` (stability grows with each recall);
 7. superseded facts are left out unless ``include_superseded``; ``as_of`` restricts everything to what
    was known and true then;
+7b. the question's intent (:mod:`memory.query_intent`: current or past, a time window, the assistant's
+   words) re-ranks the episode candidates (:mod:`memory.ranking`): evidence of updated facts, turns of
+   the named period (a window-filtered dense query adds candidates), assistant turns;
 8. **summaries** of old sessions (written by :mod:`memory.consolidation` into the semantic store): dense +
    BM25 over the user's summaries, fused by RRF.
 
@@ -54,6 +57,8 @@ from memory.embeddings import Embedder
 from memory.errors import InvalidInput
 from memory.forgetting import retention, stability_days
 from memory.fusion import normalized_rrf, rrf, zscore_fusion
+from memory.query_intent import QueryIntent, classify_query
+from memory.ranking import IntentRanking, RankingWeights
 from memory.records import Episode, Fact
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,7 +134,9 @@ class Recollection:
 
     ``facts``, ``episodes`` and ``summaries`` are best first. ``channels`` counts candidates per channel
     (``dense``, ``bm25``, ``graph`` for episodes; ``fact_dense``, ``fact_bm25``, ``fact_graph`` for facts;
-    ``summary_dense``, ``summary_bm25`` for summaries).
+    ``summary_dense``, ``summary_bm25`` for summaries). ``intent``: how the query was read (current or
+    past, a time window, about the assistant's words; :mod:`memory.query_intent`) — the episodes are
+    ranked by it.
     """
 
     query: str
@@ -138,6 +145,7 @@ class Recollection:
     episodes: list[ScoredEpisode]
     channels: Mapping[str, int] = field(default_factory=dict)
     summaries: list[ScoredSummary] = field(default_factory=list)
+    intent: QueryIntent = field(default_factory=QueryIntent)
 
     @property
     def episode_ids(self) -> list[str]:
@@ -175,6 +183,9 @@ class RetrievalWeights:
     ``rrf_k`` None → ``MemoryConfig.rrf_k`` (10: on LoCoMo 1-2, k of 5-20 were equal and 60 was 3-5 points
     worse at recall@10). ``candidates_per_k``: 8 over 4 gave LoCoMo +0.9/+0.2 points (longer lists give
     steadier z-scores); PrefEval users have fewer turns than that.
+
+    ``intent``: the re-ranking by the question's intent (updates, time anchors, the assistant's words),
+    with its own measured knobs (:class:`memory.ranking.RankingWeights`).
     """
 
     # Fusion
@@ -194,6 +205,8 @@ class RetrievalWeights:
     importance: float = 0.02
     # Profile
     profile_cap: int = 30
+    # Intent re-ranking
+    intent: RankingWeights = field(default_factory=RankingWeights)
 
     def __post_init__(self) -> None:
         if self.fusion not in ("zscore", "rrf"):
@@ -414,12 +427,16 @@ class HybridRetriever:
         self.refresh(user_id)
         self.ensure_loaded(user_id)
         vector = self._embedder.embed([query])[0]  # (dim,)
+        intent = classify_query(query, now)
 
-        facts = self._graph.facts(user_id, as_of=as_of, include_superseded=include_superseded)
+        every = self._graph.facts(user_id, as_of=as_of, include_superseded=True)
+        facts = every if include_superseded else [f for f in every if (f.current if as_of is None else f.valid_at(as_of))]
         graph_facts = self._neighbourhood(user_id, query, facts, as_of)
         scored_facts, fact_counts = self._rank_facts(user_id, query, vector, facts, graph_facts, k_facts, include_superseded)
         graph_episodes = [e for f in graph_facts for e in f.source_episode_ids]
-        episodes, episode_counts = self._rank_episodes(user_id, query, vector, graph_episodes, k_episodes, now, as_of)
+        ranking = IntentRanking.from_facts(intent, query, every, self.weights.intent, self.weights.assistant_turns, as_of)
+        episodes, episode_counts = self._rank_episodes(user_id, query, vector, graph_episodes, k_episodes, now, as_of,
+                                                       ranking)
         summaries, summary_counts = self._rank_summaries(user_id, query, vector, k_summaries, as_of)
         current = [f for f in facts if f.current] if as_of is None else [f for f in facts if f.valid_at(as_of)]
         return Recollection(
@@ -429,6 +446,7 @@ class HybridRetriever:
             episodes=episodes,
             channels={**episode_counts, **fact_counts, **summary_counts},
             summaries=summaries,
+            intent=intent,
         )
 
     @staticmethod
@@ -507,13 +525,19 @@ class HybridRetriever:
         k: int,
         now: datetime,
         as_of: datetime | None,
+        ranking: IntentRanking,
     ) -> tuple[list[ScoredEpisode], dict[str, int]]:
         if k == 0:
             return [], {"dense": 0, "bm25": 0, "graph": 0}
         n = k * self.weights.candidates_per_k
         where = {"at": {"$lte": as_of}} if as_of is not None else None
         hits = {h.id: h for h in self._episodic.query(user_id, vector, n, where=where)}
-        lexical = self._bm25.search(user_id, query, n, normalized=True)  # scores: shares of the query's IDF
+        if (window := ranking.intent.window) is not None:  # the named period's best turns join the dense list
+            bounds = [{"at": {"$gte": window.start}}, {"at": {"$lt": min(window.end, as_of or window.end)}}]
+            extra = self._episodic.query(user_id, vector, n, where={"$and": bounds})
+            merged = sorted([*hits.values(), *(h for h in extra if h.id not in hits)], key=lambda h: -h.similarity)
+            hits = {h.id: h for h in merged}
+        lexical = self._bm25.search(user_id, ranking.lexical_query(query), n, normalized=True)  # shares of its IDF
         channels = {
             "dense": list(hits),
             "bm25": [i for i, share in lexical if share >= self.weights.bm25_min_share],
@@ -526,12 +550,12 @@ class HybridRetriever:
             fused = zscore_fusion(scored, self._channel_weights(), floors={"bm25": self.weights.bm25_min_share},
                                   ranked={"graph": channels["graph"]}, rank_z=self.weights.graph_z, k=self._rrf_k())
         # Recency/importance only reorder candidates that relevance put in contention.
-        pool = _ranked(fused)[: max(n, k)]
+        pool = list(dict.fromkeys(_ranked(fused)[: max(n, k)] + ranking.extra_candidates()))
         meta = self._episode_metadata(user_id, pool, hits)
         if as_of is not None:
             pool = [i for i in pool if i in meta and (at := _meta_time(meta[i], "at")) is not None and at <= as_of]
         found = {name: set(ids) for name, ids in channels.items()}
-        ranked = [self._score_episode(i, fused[i], meta[i], found, now) for i in pool if i in meta]
+        ranked = [self._score_episode(i, fused.get(i, 0.0), meta[i], found, now, ranking) for i in pool if i in meta]
         ranked.sort(key=lambda s: (-s.score, s.episode_id))
         return ranked[:k], {name: len(ids) for name, ids in channels.items()}
 
@@ -552,15 +576,15 @@ class HybridRetriever:
         return meta
 
     def _score_episode(
-        self, episode_id: str, fused: float, meta: Mapping[str, Any], found: Mapping[str, set[str]], now: datetime
+        self, episode_id: str, fused: float, meta: Mapping[str, Any], found: Mapping[str, set[str]], now: datetime,
+        ranking: IntentRanking,
     ) -> ScoredEpisode:
         w = self.weights
         at = _meta_time(meta, "at") or now
         last = _meta_time(meta, "last_recalled") or at
         stability = stability_days(self._config.half_life_days, int(meta.get("recall_count", 0)))
         importance = float(meta.get("importance", 0.5))
-        if meta.get("role") == "assistant":
-            fused *= w.assistant_turns
+        fused = ranking.relevance(episode_id, fused, at, str(meta.get("role", "user")))
         score = w.relevance * fused + w.recency * retention(now, last, stability) + w.importance * importance
         return ScoredEpisode(
             episode_id=episode_id,
