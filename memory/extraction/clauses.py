@@ -132,6 +132,9 @@ def _subject(head: Any) -> Any:
         if node.dep_ in ("conj", "xcomp") and node.head != node:
             node = node.head
             continue
+        if head.dep_ == "conj":  # the parse hung the shared subject lower down ("I find X ineffective and ...")
+            first = next((t for t in node.subtree if t.dep_ in ("nsubj", "nsubjpass") and t.i < head.i), None)
+            return first
         return None
 
 
@@ -243,4 +246,7 @@ def _join(words: list[str]) -> str:
             out += w
         else:
             out += (" " if out else "") + w
-    return out.strip(" ,;:-").rstrip(".!?").strip()
+    out = out.strip(" ,;:-").rstrip(".!?").strip()
+    for tail in (" and", " but", " or", " so"):
+        out = out.removesuffix(tail)
+    return out
