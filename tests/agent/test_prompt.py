@@ -53,8 +53,9 @@ def test_notes_are_labelled_and_the_best_one_is_repeated_right_before_the_questi
     assert lines[0] == MEMORY_OPEN
     assert "- I have a pet (dog) named Biscuit." in lines and "- I live in Oslo." in lines
     assert '- [2026-01-02] "My dog is called Biscuit."' in lines
-    assert lines[-2] == f"{KNOWN_LINE} I have a pet (dog) named Biscuit."  # the most relevant note
-    assert lines[-1] == f"{MEMORY_CLOSE} What's my dog's name?"
+    assert lines[-3] == f"{KNOWN_LINE} I have a pet (dog) named Biscuit."  # the most relevant note
+    assert lines[-2] == f"{MEMORY_CLOSE} What's my dog's name?"
+    assert lines[-1] == PromptLayout().answer_hint
 
 
 def test_without_memory_the_message_goes_alone() -> None:
