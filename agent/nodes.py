@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 
-from agent.prompt import BuiltPrompt, PromptBudget, build_prompt
+from agent.prompt import BuiltPrompt, PromptBudget, PromptLayout, build_prompt
 
 from memory.records import ChangeEvent
 from memory.retrieval import Recollection
@@ -88,7 +88,7 @@ def make_recall_node(memory: "Memory") -> Callable[[MemoryState, Runtime[Any]], 
 
 def make_respond_node(chat_model: BaseChatModel, *, count_tokens: Callable[[str], int],
                       budget: PromptBudget | None = None, now: Callable[[], Any] | None = None,
-                      ) -> Callable[[MemoryState, Runtime[Any]], dict[str, Any]]:
+                      layout: PromptLayout | None = None) -> Callable[[MemoryState, Runtime[Any]], dict[str, Any]]:
     """``respond``: a profile- and retrieval-augmented prompt within the budget; the reply streams."""
 
     def respond(state: MemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def make_respond_node(chat_model: BaseChatModel, *, count_tokens: Callable[[str]
         built: BuiltPrompt = build_prompt(
             user_id=user_of(runtime), message=_text(_last_human(messages)),
             recollection=state.get("recollection"), history=messages[:-1],
-            count_tokens=count_tokens, budget=budget, now=now() if now else None,
+            count_tokens=count_tokens, budget=budget, now=now() if now else None, layout=layout,
         )
         reply = chat_model.invoke(built.messages)
         return {"messages": [AIMessage(content=reply.content)], "prompt": built.messages}

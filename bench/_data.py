@@ -64,6 +64,7 @@ class LocomoQA:
     question: str
     evidence: tuple[str, ...]  # normalized dia_ids that exist in the conversation
     category: int
+    answer: str = ""  # the gold answer ("" for category 5, whose items carry adversarial_answer instead)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _conversation(raw: dict) -> LocomoConversation:
         if not valid:
             skipped += 1
             continue
-        qa.append(LocomoQA(item["question"], valid, int(item["category"])))
+        qa.append(LocomoQA(item["question"], valid, int(item["category"]), str(item.get("answer", ""))))
     return LocomoConversation(raw["sample_id"], (conv["speaker_a"], conv["speaker_b"]), turns, tuple(qa), skipped, dropped)
 
 

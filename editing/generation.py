@@ -43,6 +43,11 @@ class GenerationSettings:
 
     ``ignore_eos`` keeps generating past end-of-reply tokens (benchmarks that need exactly
     ``max_new_tokens``); stop strings still apply.
+
+    ``penalize_prompt``: whether the repetition penalty also counts the prompt's tokens (transformers'
+    ``generate`` does). Off by default: with memory notes in the prompt, penalizing them pushed SmolLM2 away
+    from the very names it should repeat ("Nala" came out as "Nalani"); the reply's own tokens are still
+    penalized, which is what stops loops (``bench/memory_qa.py``).
     """
 
     max_new_tokens: int = 256
@@ -53,6 +58,7 @@ class GenerationSettings:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    penalize_prompt: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -378,7 +384,8 @@ class Decoder:
         step = self._step(cache, prompt_len + settings.max_new_tokens, model_kwargs)
         self.last_path = step.name
         for n in range(settings.max_new_tokens):
-            next_id = self._choose(logits, seen[:, : prompt_len + n], processors, settings, generator)
+            window = seen[:, : prompt_len + n] if settings.penalize_prompt else seen[:, prompt_len: prompt_len + n]
+            next_id = self._choose(logits, window, processors, settings, generator)
             if next_id in stop_ids:
                 break
             seen[0, prompt_len + n] = next_id
