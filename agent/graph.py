@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 _STATE_TYPES = [
     ("memory.records", name) for name in
     ("Episode", "Fact", "FactAdded", "FactSuperseded", "FactRetracted", "PreferenceDrift", "StyleDrift")
-] + [("memory.retrieval", name) for name in ("Recollection", "ScoredEpisode", "ScoredFact", "ScoredSummary")]
+] + [("memory.retrieval", name) for name in ("Recollection", "ScoredEpisode", "ScoredFact", "ScoredSummary")] + [
+    ("memory.query_intent", "QueryIntent"), ("memory.time_anchor", "TimeWindow")]
 
 
 def checkpoint_serde() -> Any:

@@ -37,6 +37,20 @@ _ASSISTANT = re.compile(
 )
 
 
+# A time expression anchors a question in the user's past only when the question looks back: the
+# expression itself does ("two months ago", "yesterday", "last spring"), or the question speaks of what
+# was said or done then ("what did I say this morning?", "the book I mentioned on Tuesday"). "Recommend a
+# restaurant for tonight" or "what should I cook today?" name the present: favouring today's turns would
+# bury the preference stated weeks ago that the question needs (tests/memory/test_retrieval.py, the
+# vegetarian who asks for restaurants "tonight").
+_LOOKS_BACK_PHRASE = re.compile(r"\b(?:ago|yesterday|last|past|previous|earlier|back in)\b")
+_LOOKS_BACK = re.compile(
+    r"\b(?:did|was|were|had|used to|before|earlier|remember|recall|"
+    r"said|told|mentioned|talked|asked|wrote|shared|went|saw|met|bought|read|watched|visited|tried|ate|"
+    r"made|got|took|gave|heard|found|started|finished)\b|\b(?:i|we|you) \w+ed\b"
+)
+
+
 @dataclass(frozen=True)
 class QueryIntent:
     """How a question wants its memories ranked (see the module docstring)."""
@@ -55,8 +69,11 @@ class QueryIntent:
 def classify_query(query: str, reference: datetime) -> QueryIntent:
     """The intent of ``query`` asked at ``reference`` (the question's date, which anchors "two months ago")."""
     folded = " ".join(query.casefold().replace("’", "'").split())
+    window = time_window(folded, reference)
+    if window is not None and not (_LOOKS_BACK_PHRASE.search(window.phrase.casefold()) or _LOOKS_BACK.search(folded)):
+        window = None  # a present or future time ("tonight", "this week"): not a period of the past to favour
     return QueryIntent(
         tense="past" if _PAST.search(folded) else "current",
-        window=time_window(folded, reference),
+        window=window,
         about_assistant=bool(_ASSISTANT.search(folded)),
     )

@@ -38,6 +38,19 @@ def test_a_fact_from_session_one_is_in_the_prompt_of_session_three(make_stack) -
     assert len(agent.last_turn("sam", "s3")["messages"]) == 2  # a new session starts a new thread
 
 
+def test_the_checkpointed_recollection_keeps_how_the_question_was_read(make_stack, caplog) -> None:
+    from memory.query_intent import QueryIntent
+
+    clock = ManualClock(utc(2026, 1, 5, 9))
+    agent = make_stack(clock=clock).agent
+    agent.chat("tom", "I visited the Prado museum.", session_id="s1")
+    clock.set(utc(2026, 3, 5, 9))
+    agent.chat("tom", "Which museum did I mention two months ago?", session_id="s2")
+    rec = agent.last_turn("tom", "s2")["recollection"]  # read back from the checkpoint, not from memory
+    assert isinstance(rec.intent, QueryIntent) and rec.intent.window is not None
+    assert "Blocked deserialization" not in caplog.text
+
+
 def test_a_superseded_preference_is_absent_from_the_profile(make_stack) -> None:
     clock = ManualClock(utc(2026, 1, 5, 9))
     agent = make_stack(clock=clock).agent

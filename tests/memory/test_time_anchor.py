@@ -87,6 +87,12 @@ def test_bad_input_raises_a_pllm_error() -> None:
         ("How many eggs did you say for the omelette?", ("current", "assistant")),
         ("What book did you recommend last week?", ("current", "time_anchored", "assistant")),
         ("Did I tell you my name?", ("current",)),
+        # a time that names the present or the future is not a period of the past to favour
+        ("Can you recommend some restaurants in Lisbon for dinner tonight?", ("current",)),
+        ("What should I cook today?", ("current",)),
+        ("Any plans for this summer?", ("current",)),
+        ("What did I say this morning?", ("current", "time_anchored")),
+        ("Which film did we talk about on Tuesday?", ("current", "time_anchored")),
     ],
 )
 def test_queries_are_classified_by_what_they_ask_for(query: str, labels: tuple[str, ...]) -> None:
