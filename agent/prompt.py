@@ -3,9 +3,9 @@
 Memory text is user data, never instructions: the system message is a constant that no memory can
 change, and memory goes into the user's turn as a labelled block of notes — facts as short first-
 person sentences (past tense with an end date once superseded), the user's past turns and the
-assistant's own earlier words as quotations under their own labels. The best note is repeated on a
-``Known about me:`` line right before the message, and a short-answer hint follows it
-(:class:`PromptLayout`). Chat-template control tokens in any of this text (and in the message and the
+assistant's own earlier words (when the question is about them or shares their words) as quotations
+under their own labels. The most relevant fact is repeated right before the message, in the message's
+paragraph (:class:`PromptLayout`). Chat-template control tokens in any of this text (and in the message and the
 history) are neutralized where the template is applied, for the model's own special tokens:
 :meth:`editing.LocalModel.encode_chat`.
 
@@ -39,9 +39,33 @@ The largest effect was not the layout but the repetition penalty: transformers' 
 before) counts the *prompt's* tokens too, so the names in the notes were penalized and SmolLM2 wrote
 "Nalani" for "Nala", "Aki" for "Aiko". :class:`editing.GenerationSettings` now penalizes only the
 reply's own tokens by default (``penalize_prompt=False``), which still stops loops. With that, the
-kept default is: notes before the message under a short header, relevant facts first (at most
-``max_notes`` = 10, episodes at most 6), the best note on a ``Known about me:`` line, then the
-message and "Answer in a few words." The held-out run is in the README's benchmark table. Notes in
+layout then kept was: notes before the message under a short header, relevant facts first (at most
+``max_notes`` = 10, episodes at most 6), the best note on a ``Known about me:`` line, then ``My
+message: ...`` and "Answer in a few words."
+
+A second round (same seed 1, 4 users, 20 questions, 24 new tokens, penalty 1.15 on the reply; after
+three fixes: a relevant fact also in the profile now leads the notes, turns that stated a superseded
+value are left out for a present-tense question, the assistant's words are quoted only when asked about
+or lexically matched) compared the last paragraph of the user's turn:
+
+==========================================================================  ===========
+last paragraph (the notes block above it unchanged unless said)             correct
+==========================================================================  ===========
+``Known about me: <fact>`` / ``My message: <q>`` / ``Answer in a few words.``  6/20
+``My message: <fact> <q>``                                                   4/20
+``<fact> <q>`` (no labels, no hint)                                          10/20
+``<fact> <q>`` / ``Answer in a few words.``                                  see below
+``<fact> <q>`` alone, no notes block                                         8/20
+facts on one line, no header, then ``<q>``                                   4/20
+==========================================================================  ===========
+
+Then three prompts that the real-model tests use (the dog Biscuit, Kim's move to Porto, a favourite
+food), six last paragraphs: only ``<fact> <q>`` + ``Answer in a few words.`` and ``My message: <fact>
+<q>`` + the hint answered all three (the two rows above answered 1/3 and 1/3). The default is the first:
+the notes block, a blank line, the most relevant fact and the message as one paragraph ("I live in
+Porto. Which city do I live in?"), then "Answer in a few words." The known fact is taken
+from the fact notes only (rendered by our templates), never from a quoted turn. The held-out run is in
+the README's benchmark table. Notes in
 the system message (``notes_at="system"``) are an experiment only: the hardening rules keep the
 system message constant. Top-3 vs 10 notes, "kv" fact lines and notes after the message are knobs of
 :class:`PromptLayout` (``bench/memory_qa.py --variant``) that the machine's load left unmeasured.
@@ -58,7 +82,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.records import Fact
-    from memory.retrieval import Recollection
+    from memory.retrieval import Recollection, ScoredEpisode
 
 __all__ = ["PromptBudget", "PromptLayout", "BuiltPrompt", "SYSTEM_INSTRUCTIONS", "build_prompt", "quote_memory", "render_fact"]
 
@@ -118,15 +142,25 @@ class PromptLayout:
     turn; ``"system"`` appends them to the system message — an experiment only: it makes the system message
     depend on memory, which the hardening rules forbid, so :func:`build_prompt` refuses it unless
     ``experimental=True``. ``max_notes``: fact lines shown at most (relevant facts first, then the profile).
-    ``known``: how many of the best notes are repeated on a ``Known about me:`` line right before the
-    message (0: none). ``fact_style``: ``"sentence"`` (``I live in Oslo.``) or ``"kv"`` (``lives in: Oslo``).
-    ``answer_hint``: a line after the message asking for a short answer that uses the notes ("" for none).
+    ``known``: how many of the best *fact* notes are repeated right before the message (0: none; episodes
+    never: they are the user's raw words and stay quoted in the block). ``known_label``: the label of that
+    line (``"Known about me:"``); empty (the default) puts the known facts and the message together in the
+    last paragraph (``I live in Porto. Which city do I live in?``), which SmolLM2 used best.
+    ``message_label``: the label of the message (``"My message:"``; empty by default, except that
+    ``notes_at="after"`` always labels it). ``fact_style``: ``"sentence"`` (``I live in Oslo.``) or ``"kv"``
+    (``lives in: Oslo``). ``answer_hint``: a line after the message's paragraph ("" for none).
+
+    Whatever the labels, the message is the turn's last paragraph: every note is one line (newlines in
+    stored text are folded), so no stored text can open a paragraph of its own.
     """
 
     notes_at: Literal["before", "after", "system"] = "before"
     max_notes: int = 10
     max_episodes: int = 6
     known: int = 1
+    episode_style: Literal["dated", "quoted"] = "dated"
+    known_label: str = ""
+    message_label: str = ""
     fact_style: Literal["sentence", "kv"] = "sentence"
     relevant_first: bool = True
     answer_hint: str = "Answer in a few words."
@@ -135,6 +169,8 @@ class PromptLayout:
     def __post_init__(self) -> None:
         if self.notes_at not in ("before", "after", "system"):
             raise ValueError(f"notes_at must be 'before', 'after' or 'system', got {self.notes_at!r}")
+        if self.episode_style not in ("dated", "quoted"):
+            raise ValueError(f"episode_style must be 'dated' or 'quoted', got {self.episode_style!r}")
         if self.fact_style not in ("sentence", "kv"):
             raise ValueError(f"fact_style must be 'sentence' or 'kv', got {self.fact_style!r}")
         if min(self.max_notes, self.max_episodes, self.known) < 0:
@@ -239,7 +275,7 @@ def build_prompt(
 
     def render() -> tuple[list[BaseMessage], int, list[str]]:
         system = SYSTEM_INSTRUCTIONS + (f" Today is {_day(now)}." if now is not None else "")
-        known = (notes.facts + notes.episodes + notes.profile)[: layout.known] if layout.known else []
+        known = (notes.facts + notes.profile)[: layout.known] if layout.known else []
         if layout.notes_at == "system":
             block = _notes_block(notes)
             user = _with_hint(message, known, layout)
@@ -265,13 +301,20 @@ def build_prompt(
 
 
 def _memory_lines(user_id: str, rec: "Recollection | None", budget: PromptBudget, layout: PromptLayout) -> _Notes:
+    """The note lines. The assistant's own earlier words are quoted only when the question asks about
+    them ("what did you say...") or shares words with them (lexical search found the turn: "my booking
+    reference" → "Your booking reference is QX7P2."): a small model's rambling replies, found merely for
+    being about the same topic, were quoted back to it and copied into its next reply."""
     if rec is None:
         return _Notes([], [], [], [], [])
     profile = [render_fact(f, user_id, style=layout.fact_style) for f in rec.profile[: budget.max_profile_lines]]
     facts: list[str] = []
     for sf in rec.facts:
         line = render_fact(sf.fact, user_id, style=layout.fact_style)
-        if line not in profile and line not in facts:
+        # a relevant fact is one even when the profile holds it too: it must lead the notes and may be
+        # the "Known about me" line (deduplicating against the profile first left "Which city do I live
+        # in?" with the turn "I moved to Porto." as its best note, not "I live in Porto.")
+        if line not in facts and (layout.relevant_first or line not in profile):
             facts.append(line)
     if layout.relevant_first:
         profile = [line for line in profile if line not in facts]
@@ -282,9 +325,15 @@ def _memory_lines(user_id: str, rec: "Recollection | None", budget: PromptBudget
     room = max(layout.max_notes - len(facts), 0) if layout.relevant_first else layout.max_notes
     profile = profile[:room]
     facts = facts[: max(layout.max_notes - len(profile), 0)]
-    episodes = [e for e in rec.episodes][: layout.max_episodes]
-    mine = [f"[{_day(e.at)}] {quote_memory(e.text)}" for e in episodes if e.role == "user"]
-    said = [f"[{_day(e.at)}] {quote_memory(e.text)}" for e in episodes if e.role == "assistant"]
+    stale = set(getattr(rec, "stale_episode_ids", ()))  # turns stating what is no longer true: the facts say it
+    episodes = [e for e in rec.episodes if e.episode_id not in stale][: layout.max_episodes]
+    def turn(e: "ScoredEpisode") -> str:
+        return f"[{_day(e.at)}] {quote_memory(e.text)}" if layout.episode_style == "dated" else quote_memory(e.text)
+
+    mine = [turn(e) for e in episodes if e.role == "user"]
+    about_assistant = bool(getattr(getattr(rec, "intent", None), "about_assistant", False))
+    said = [turn(e) for e in episodes
+            if e.role == "assistant" and (about_assistant or "bm25" in e.sources)]
     summaries = [quote_memory(s.text) for s in getattr(rec, "summaries", [])]
     return _Notes(profile, facts, mine, said, summaries)
 
@@ -304,8 +353,12 @@ def _notes_block(notes: _Notes) -> str:
 
 def _with_hint(message: str, known: list[str], layout: PromptLayout) -> str:
     """The message, with the "Known about me:" line before it and the answer hint after it."""
-    parts = [f"{KNOWN_LINE} " + " ".join(known)] if known else []
-    parts.append(f"{MEMORY_CLOSE} {message}" if parts or layout.notes_at != "system" else message)
+    said = " ".join(known)
+    if known and not layout.known_label and not layout.message_label:  # one paragraph: "I live in Porto. Which ...?"
+        parts = [f"{said} {message}"]
+    else:
+        parts = [f"{layout.known_label} {said}".strip()] if known else []
+        parts.append(f"{layout.message_label} {message}".strip())
     if layout.answer_hint:
         parts.append(layout.answer_hint)
     return "\n".join(parts)
@@ -317,5 +370,6 @@ def _user_text(message: str, notes: _Notes, known: list[str], layout: PromptLayo
         return message
     block = _notes_block(notes)
     if layout.notes_at == "after":
-        return f"{MEMORY_CLOSE} {message}\n\n{block}" + (f"\n{layout.answer_hint}" if layout.answer_hint else "")
+        label = layout.message_label or MEMORY_CLOSE
+        return f"{label} {message}\n\n{block}" + (f"\n{layout.answer_hint}" if layout.answer_hint else "")
     return f"{block}\n\n{_with_hint(message, known, layout)}"

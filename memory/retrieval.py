@@ -136,7 +136,9 @@ class Recollection:
     (``dense``, ``bm25``, ``graph`` for episodes; ``fact_dense``, ``fact_bm25``, ``fact_graph`` for facts;
     ``summary_dense``, ``summary_bm25`` for summaries). ``intent``: how the query was read (current or
     past, a time window, about the assistant's words; :mod:`memory.query_intent`) — the episodes are
-    ranked by it.
+    ranked by it. ``stale_episode_ids``: for a question about the present, the recalled turns that stated
+    a value of the asked-about fact that is no longer true ("I live in Lisbon." once the user moved to
+    Porto) — kept in ``episodes`` for callers that want the history, left out of the prompt's notes.
     """
 
     query: str
@@ -146,6 +148,7 @@ class Recollection:
     channels: Mapping[str, int] = field(default_factory=dict)
     summaries: list[ScoredSummary] = field(default_factory=list)
     intent: QueryIntent = field(default_factory=QueryIntent)
+    stale_episode_ids: tuple[str, ...] = ()
 
     @property
     def episode_ids(self) -> list[str]:
@@ -447,6 +450,8 @@ class HybridRetriever:
             channels={**episode_counts, **fact_counts, **summary_counts},
             summaries=summaries,
             intent=intent,
+            stale_episode_ids=tuple(e.episode_id for e in episodes if e.episode_id in ranking.evidence.superseded)
+            if intent.tense == "current" and intent.window is None else (),
         )
 
     @staticmethod
