@@ -17,7 +17,7 @@ class MEMITHyperParams(ValueHyperParams):
     # Method
     layers: tuple[int, ...] = (3, 4, 5)  # consecutive, ascending; z* is read after the last one
     # Statistics
-    mom2_update_weight: float = 15_000.0  # λ in (λ C + K_pᵀ K_p + K Kᵀ)⁻¹ — with C = I (no statistics) use ~1
+    mom2_update_weight: float = 1_500.0  # λ in (λ C + K_pᵀ K_p + K Kᵀ)⁻¹; a key gets ≈ d / (λ + d) of its change
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -67,7 +67,8 @@ def test_bad_requests_raise_clear_errors(tiny_llama, smol_tokenizer) -> None:
         ROMEHyperParams(rewrite_module_tmp="model.layers.mlp.down_proj")
 
 
-def test_real_smollm2_rome_edit_changes_the_fact_and_nothing_unrelated(local_model) -> None:
+def test_real_smollm2_rome_edit_changes_the_fact_and_nothing_unrelated(local_model, one_thread) -> None:
+    # one_thread: ≈ 12 s on a loaded 2-core machine where two threads took ≈ 75 s.
     model, tok = local_model.model, local_model.tokenizer
     request = EditRequest(prompt="{} lives in the city of", subject="Sam Miller", target_new="Paris")
     unrelated = "The capital of Japan is"
@@ -83,3 +84,21 @@ def test_real_smollm2_rome_edit_changes_the_fact_and_nothing_unrelated(local_mod
         assert greedy_next(model, tok, request.text, n=2).strip().startswith("Paris")
         assert greedy_next(model, tok, unrelated, n=4) == unrelated_before
     assert greedy_next(model, tok, request.text, n=2) == plain
+
+
+def test_rome_with_statistics_and_a_preserved_key(tiny_llama, smol_tokenizer, tmp_path) -> None:
+    from editing.stats import SecondMoments
+
+    stats = SecondMoments(tiny_llama, smol_tokenizer, model_id="tiny", cache_dir=tmp_path, seq_len=32, batch_size=8)
+    hp = ROMEHyperParams(layer=1, mom2_n_tokens=512, **TINY_VALUE)
+    other = EditRequest(prompt="{}", subject="Ana plays the", target_new="violin")
+    [first] = compute_rome(tiny_llama, smol_tokenizer, [other], hp, stats=stats)
+    [free] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST], hp, stats=stats)
+    [kept] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST], hp, stats=stats, preserve=first.keys)
+    assert stats.computed == 1
+    k_first = first.keys[free.deltas[0].module][0]
+    assert (kept.deltas[0].dense() @ k_first).norm() < 0.2 * (free.deltas[0].dense() @ k_first).norm()
+    tiny_llama.eval()
+    for result in (free, kept):
+        with apply_deltas(tiny_llama, result.deltas):
+            assert greedy_next(tiny_llama, smol_tokenizer, TINY_REQUEST.text).strip() == "Paris"
