@@ -42,7 +42,7 @@ class TargetValue:
     v_init: torch.Tensor  # the module's output at the subject, plain prompt, before the edit (d,)
     nll_before: float  # mean NLL per target token over the rewriting prompts, before / after
     nll_after: float
-    steps: int
+    steps: int  # Adam updates made (fewer than v_num_grad_steps when the target became likely early)
     seconds: float
 
     @property
@@ -103,9 +103,9 @@ def compute_v(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", re
     delta = torch.zeros_like(v_init, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=hparams.v_lr)
     max_norm = hparams.clamp_norm_factor * v_init.norm()
-    steps = 0
+    steps = 0  # Adam updates made
     with add_at_positions(model, module, delta, b.subject_last):
-        for steps in range(1, hparams.v_num_grad_steps + 1):
+        for _ in range(hparams.v_num_grad_steps):
             nll, essence = _losses(model, b)
             kl = F.kl_div(essence, kl_ref, log_target=True, reduction="sum")  # KL(before ‖ after)
             decay = hparams.v_weight_decay * (delta.norm() / v_init.norm()) ** 2
@@ -115,6 +115,7 @@ def compute_v(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", re
             # Gradient for δ only: the model's parameters get no .grad and are never updated.
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             optimizer.step()
+            steps += 1
             with torch.no_grad():
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
