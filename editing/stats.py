@@ -171,11 +171,18 @@ def capture_all(model: "PreTrainedModel", modules: Sequence[str]) -> Iterator[di
         yield {name: stack.enter_context(capture(model, name, what="input")) for name in modules}
 
 
-def key_covariance(stats: SecondMoments | None, module: str, dim: int, *, n_tokens: int,
+def key_covariance(stats: SecondMoments | None, module: str, keys: torch.Tensor, *, n_tokens: int,
                    ridge: float) -> torch.Tensor:
-    """C ``(in, in)`` for ``module`` with a relative ridge, or the identity when there are no statistics."""
+    """C ``(in, in)`` (CPU, float32) for ``module``, with a relative ridge.
+
+    Without statistics C is isotropic at the scale of the given keys ``(n, in)`` — mean ‖k‖² / d — so the
+    weights that mix C with keys' outer products (λ, preserve_weight) mean the same with or without them
+    (kᵀ C⁻¹ k ≈ d either way).
+    """
+    keys = keys.detach().float().cpu().reshape(-1, keys.shape[-1])
+    dim = keys.shape[1]
     if stats is None:
-        return torch.eye(dim)
+        return torch.eye(dim) * keys.pow(2).sum(dim=1).mean() / dim
     c = stats.second_moment(module, n_tokens)
     return c + ridge * c.diagonal().mean() * torch.eye(dim)
 

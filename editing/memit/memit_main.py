@@ -79,11 +79,7 @@ def _adjusted_keys(k: torch.Tensor, module: str, hparams: MEMITHyperParams, stat
     """``[(λ C + K_pᵀ K_p + Kᵀ K)⁻¹ Kᵀ]ᵀ`` ``(n, in)``: the rows that read each request's key."""
     dim = k.shape[1]
     k = k.cpu()
-    c = key_covariance(stats, module, dim, n_tokens=hparams.mom2_n_tokens, ridge=hparams.mom2_ridge)
-    if stats is None:
-        # No statistics: an isotropic C at the keys' own scale (mean ‖k‖² / d), so that λ means the same
-        # with and without statistics (kᵀ C⁻¹ k ≈ d either way).
-        c = c * k.pow(2).sum(dim=1).mean() / dim
+    c = key_covariance(stats, module, k, n_tokens=hparams.mom2_n_tokens, ridge=hparams.mom2_ridge)
     constraint = (hparams.mom2_update_weight * c
                   + hparams.preserve_weight * preserved_outer(preserve, module, dim) + k.T @ k)  # (in, in)
     return torch.linalg.solve(constraint.double(), k.T.double()).T.float()

@@ -52,7 +52,7 @@ def compute_rome(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
                  preserve: Mapping[str, torch.Tensor] | None = None) -> list[EditResult]:
     """One :class:`EditResult` (one rank-one delta) per request; the model is left exactly as it was.
 
-    ``stats`` whitens u by the key second moment C (None: C = I); ``preserve`` maps a module name to the
+    ``stats`` whitens u by the key second moment C (None: C isotropic); ``preserve`` maps a module name to the
     ``(m, in)`` keys of earlier edits there, added to C (weight ``hparams.preserve_weight``) so this
     update reads them as little as it can.
     """
@@ -63,13 +63,13 @@ def compute_rome(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     results: list[EditResult] = []
     with inference_mode_of(model):
         prefixes = context_prefixes(model, tokenizer, hparams.context_template_lengths, seed=hparams.context_seed)
-        covariance = None
         for request in requests:
             t0 = time.perf_counter()
             with apply_deltas(model, [d for r in results for d in r.deltas]):
                 key = compute_key(model, tokenizer, request, prefixes, module)  # k* (in,)
-                if covariance is None and (stats is not None or preserve):
-                    covariance = (key_covariance(stats, module, key.shape[0], n_tokens=hparams.mom2_n_tokens,
+                covariance = None  # C = I: u = k*
+                if stats is not None or preserve:
+                    covariance = (key_covariance(stats, module, key, n_tokens=hparams.mom2_n_tokens,
                                                  ridge=hparams.mom2_ridge)
                                   + hparams.preserve_weight * preserved_outer(preserve, module, key.shape[0]))
                 u = compute_u(key, covariance)  # (in,)
