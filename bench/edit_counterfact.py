@@ -4,7 +4,8 @@ Each case is edited alone on the base model (the deltas are hooked in only while
 the base weights never change). Cases whose subject does not occur in the prompt are skipped (counted).
 
     python bench/edit_counterfact.py [--data ../shared/data] [--limit 10] [--method rome|memit]
-                                     [--layers 4] [--threads 1] [--json]
+                                     [--layers 4] [--mom2-update-weight 1500]
+                                     [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=10, help="number of CounterFact cases")
     p.add_argument("--method", default="rome", choices=["rome", "memit"])
     p.add_argument("--layers", type=int, nargs="*", help="layer(s) to edit (default: the method's)")
+    p.add_argument("--mom2-update-weight", type=float, default=None, help="MEMIT's λ (default: the method's)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--cache-dir", type=Path, default=Path(".pllm-home") / "models")
     args = p.parse_args()
+    from dataclasses import replace
+
     from editing import LocalModel, RuntimeConfig
 
     cases, skipped = load_counterfact(args.data / COUNTERFACT, args.limit)
     hparams = hparams_for(args.method, args.layers)
+    if args.mom2_update_weight is not None:
+        if args.method != "memit":
+            sys.exit("--mom2-update-weight is MEMIT's λ; ROME has none")
+        hparams = replace(hparams, mom2_update_weight=args.mom2_update_weight)
     lm = LocalModel.load(RuntimeConfig(cache_dir=args.cache_dir, threads=args.threads))
     pre, post, seconds = run_edits(lm, cases, args.method, hparams)
     after, before = aggregate(pre, post)
@@ -60,7 +68,10 @@ def main() -> None:
 
 
 def _describe(hparams) -> dict:  # noqa: ANN001
-    return {"layers": list(getattr(hparams, "layers", [getattr(hparams, "layer", None)]))}
+    described = {"layers": list(getattr(hparams, "layers", [getattr(hparams, "layer", None)]))}
+    if hasattr(hparams, "mom2_update_weight"):
+        described["mom2_update_weight"] = hparams.mom2_update_weight
+    return described
 
 
 if __name__ == "__main__":

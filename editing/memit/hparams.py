@@ -17,7 +17,9 @@ class MEMITHyperParams(ValueHyperParams):
     # Method
     layers: tuple[int, ...] = (3, 4, 5)  # consecutive, ascending; z* is read after the last one
     # Statistics
-    mom2_update_weight: float = 1_500.0  # λ in (λ C + K_pᵀ K_p + K Kᵀ)⁻¹; a key gets ≈ d / (λ + d) of its change
+    # λ in (λ C + K_pᵀ K_p + K Kᵀ)⁻¹: a layer writes ≈ d / (λ + d) of its share at the key. SmolLM2, 5 CounterFact
+    # cases, layers 3-5, no statistics: λ = 1500 → efficacy 0.8; λ = 300 → 1.0, locality 0.8 in both.
+    mom2_update_weight: float = 300.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
