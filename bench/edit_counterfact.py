@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
@@ -23,7 +24,7 @@ from bench._editing import aggregate, load_counterfact, run_edits  # noqa: E402
 COUNTERFACT = Path("knowledge_editing") / "counterfact-edit-1k.json"
 
 
-def hparams_for(method: str, layers: list[int] | None):  # -> ROMEHyperParams | MEMITHyperParams
+def hparams_for(method: str, layers: list[int] | None) -> Any:  # ROMEHyperParams | MEMITHyperParams
     """The method's SmolLM2 defaults, with ``layers`` in place of the default layer(s) when given."""
     from editing import get_method
 
@@ -67,7 +68,7 @@ def main() -> None:
                "cases": len(cases), "skipped": skipped, "edit_seconds_median": round(statistics.median(seconds), 2)})
 
 
-def _describe(hparams) -> dict:  # noqa: ANN001
+def _describe(hparams: Any) -> dict[str, Any]:
     described = {"layers": list(getattr(hparams, "layers", [getattr(hparams, "layer", None)]))}
     if hasattr(hparams, "mom2_update_weight"):
         described["mom2_update_weight"] = hparams.mom2_update_weight
