@@ -1,0 +1,104 @@
+"""CounterFact cases and their scores, shared by the knowledge-editing benches.
+
+Scored without a judge, as ``../shared/data/README.md`` says: efficacy (P(target_new) > P(ground_truth)
+on the edit prompt, by mean log-probability per token; and top-1 token accuracy of target_new under
+teacher forcing), generalization (the same on ``rephrase_prompt``), locality (the model's top-1
+predictions over ``locality_ground_truth`` on ``locality_prompt`` unchanged by the edit).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench._data import require
+
+
+@dataclass(frozen=True)
+class Case:
+    request: Any  # editing.EditRequest
+    ground_truth: str
+    rephrase: str
+    locality_prompt: str
+    locality_truth: str
+
+
+def load_counterfact(path: Path, limit: int | None) -> tuple[list[Case], int]:
+    """The cases whose subject occurs in the prompt (as the edit needs), and how many were skipped."""
+    from editing import EditRequest
+
+    items = json.loads(require(path, "CounterFact edits").read_text())
+    cases, skipped = [], 0
+    for item in items:
+        if item["subject"] not in item["prompt"]:
+            skipped += 1
+            continue
+        prompt = item["prompt"].replace(item["subject"], "{}", 1)
+        if prompt.count("{") != 1 or prompt.count("}") != 1:  # other braces would break str.format
+            skipped += 1
+            continue
+        cases.append(Case(EditRequest(prompt=prompt, subject=item["subject"], target_new=item["target_new"],
+                                      target_old=item["ground_truth"]), item["ground_truth"],
+                          item["rephrase_prompt"], item["locality_prompt"], item["locality_ground_truth"]))
+        if limit is not None and len(cases) >= limit:
+            break
+    return cases, skipped
+
+
+@torch.no_grad()
+def _forced(model: Any, tok: Any, prompt: str, target: str) -> tuple[float, torch.Tensor, list[int]]:
+    """(mean log-prob per target token, top-1 predictions at the target positions, the target ids)."""
+    from editing.rome.prompts import target_ids
+
+    p_ids = tok(prompt)["input_ids"]
+    t_ids = target_ids(tok, target)
+    ids = torch.tensor([p_ids + t_ids], device=next(model.parameters()).device)
+    logits = model(input_ids=ids).logits[0, len(p_ids) - 1: len(p_ids) - 1 + len(t_ids)].float()  # (n_t, V)
+    logp = torch.log_softmax(logits, dim=-1)[torch.arange(len(t_ids)), t_ids]
+    return float(logp.mean()), logits.argmax(dim=-1).cpu(), t_ids
+
+
+def score(model: Any, tok: Any, case: Case) -> dict[str, Any]:
+    """The per-case figures on the model as it runs now (with whatever deltas are hooked in)."""
+    figures: dict[str, Any] = {}
+    for name, prompt in (("efficacy", case.request.text), ("generalization", case.rephrase)):
+        new_lp, new_top, new_ids = _forced(model, tok, prompt, case.request.target_new)
+        old_lp, _, _ = _forced(model, tok, prompt, case.ground_truth)
+        figures[name] = float(new_lp > old_lp)
+        figures[f"{name}_top1"] = float((new_top == torch.tensor(new_ids)).float().mean())
+    _, loc_top, loc_ids = _forced(model, tok, case.locality_prompt, case.locality_truth)
+    figures["locality_top"] = loc_top
+    figures["locality_top1"] = float((loc_top == torch.tensor(loc_ids)).float().mean())
+    return figures
+
+
+def aggregate(pre: Sequence[dict[str, Any]], post: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(after the edit, before it): means over cases; locality = share of top-1 predictions unchanged."""
+    keys = ["efficacy", "efficacy_top1", "generalization", "generalization_top1", "locality_top1"]
+    after = {k: round(statistics.mean(p[k] for p in post), 4) for k in keys}
+    before = {k: round(statistics.mean(p[k] for p in pre), 4) for k in keys}
+    after["locality"] = round(statistics.mean(float((a["locality_top"] == b["locality_top"]).float().mean())
+                                              for a, b in zip(post, pre)), 4)
+    before["locality"] = 1.0  # by definition: the unedited model agrees with itself
+    return after, before
+
+
+def run_edits(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[dict], list[float]]:
+    """Edit each case alone (its deltas hooked in only while it is scored): pre scores, post scores, seconds."""
+    from editing import apply_deltas, get_method
+
+    compute = get_method(method).compute
+    pre, post, seconds = [], [], []
+    for case in cases:
+        pre.append(score(lm.model, lm.tokenizer, case))
+        [result] = compute(lm.model, lm.tokenizer, [case.request], hparams)
+        seconds.append(result.metrics["seconds"])
+        with apply_deltas(lm.model, result.deltas):
+            post.append(score(lm.model, lm.tokenizer, case))
+    return pre, post, seconds

@@ -1,0 +1,114 @@
+"""Forward hooks that read or steer a model without touching its weights.
+
+Every knowledge-editing method here works through hooks: it reads a module's input keys, adds an
+optimized vector to a module's output, and applies deltas ``ΔW = B @ A`` as ``out += (x @ Aᵀ) @ Bᵀ``.
+Nothing in this module assigns into a parameter, so a model is exactly the same after as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from editing.errors import InvalidRequest
+from editing.requests import LowRankDelta
+
+__all__ = ["find_module", "apply_deltas", "inference_mode_of", "capture", "add_at_positions"]
+
+
+def find_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name``; a clear error when the model has none by that name."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise InvalidRequest(
+            f"{type(model).__name__} has no module {name!r}; check the module templates in the hyper-parameters "
+            "(e.g. 'model.layers.{}.mlp.down_proj' for llama/qwen, 'transformer.h.{}.mlp.c_proj' for gpt2) "
+            "and that the layer index is below the model's number of layers"
+        ) from None
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+@contextmanager
+def inference_mode_of(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no dropout) for the duration; the caller's train/eval flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def apply_deltas(model: nn.Module, deltas: Sequence[LowRankDelta]) -> Iterator[None]:
+    """Run ``model`` as if each delta were added to its module's weight: ``out += (x @ Aᵀ) @ Bᵀ``.
+
+    The orientation of :class:`LowRankDelta` is ``(out, in)`` for every module type, so the same hook
+    serves ``nn.Linear`` and GPT-2's transposed ``Conv1D``.
+    """
+
+    def hook_for(delta: LowRankDelta):  # noqa: ANN202 - a torch hook
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            x = args[0]  # (..., in)
+            a, b = delta.A.to(x.device, x.dtype), delta.B.to(x.device, x.dtype)
+            return _replace_first(output, _first(output) + (x @ a.T) @ b.T)  # (..., out)
+
+        return hook
+
+    with ExitStack() as stack:
+        for delta in deltas:
+            handle = find_module(model, delta.module).register_forward_hook(hook_for(delta))
+            stack.callback(handle.remove)
+        yield
+
+
+@contextmanager
+def capture(model: nn.Module, name: str, *, what: str = "input") -> Iterator[list[torch.Tensor]]:
+    """Collect the ``input`` (first positional argument) or ``output`` of module ``name`` on each forward."""
+    if what not in ("input", "output"):
+        raise ValueError(f"what must be 'input' or 'output', got {what!r}")
+    seen: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        seen.append((args[0] if what == "input" else _first(output)).detach())
+
+    handle = find_module(model, name).register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def add_at_positions(model: nn.Module, name: str, vector: torch.Tensor, positions: Sequence[int],
+                     *, rows: Sequence[int] | None = None) -> Iterator[None]:
+    """Add ``vector`` ``(d,)`` to module ``name``'s output at ``(row, positions[row])`` for the given rows.
+
+    The addition is out of place and differentiable in ``vector`` — the way compute_v optimizes it.
+    """
+    rows = list(range(len(positions))) if rows is None else list(rows)
+    cols = [positions[r] for r in rows]
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        out = _first(output)  # (batch, T, d)
+        add = torch.zeros_like(out)
+        add[rows, cols] = vector.to(out.dtype)
+        return _replace_first(output, out + add)
+
+    handle = find_module(model, name).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
