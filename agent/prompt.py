@@ -63,7 +63,10 @@ Then three prompts that the real-model tests use (the dog Biscuit, Kim's move to
 food), six last paragraphs: only ``<fact> <q>`` + ``Answer in a few words.`` and ``My message: <fact>
 <q>`` + the hint answered all three (the two rows above answered 1/3 and 1/3). The default is the first:
 the notes block, a blank line, the most relevant fact and the message as one paragraph ("I live in
-Porto. Which city do I live in?"), then "Answer in a few words." The known fact is taken
+Porto. Which city do I live in?"), then "Answer in a few words." With it, the episode lines were varied
+on ``bench/memory_qa.py --seed 1 --users 8 --systems pllm`` (first 22 questions): dated ``[2026-01-05]
+"..."`` lines 11/22, ``episode_style="quoted"`` (no date) 12/22, at most 3 episodes 11/22, both 10/22 — no
+difference beyond noise, so the dated default stays (dates serve "when did I..." questions). The known fact is taken
 from the fact notes only (rendered by our templates), never from a quoted turn. The held-out run is in
 the README's benchmark table. Notes in
 the system message (``notes_at="system"``) are an experiment only: the hardening rules keep the
