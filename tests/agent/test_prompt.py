@@ -117,6 +117,16 @@ def test_the_assistants_words_are_quoted_only_when_the_question_is_about_them_or
     assert built.said_lines and SAID_LINE in user_turn(built)
 
 
+def test_turns_that_stated_a_value_no_longer_true_are_left_out_of_the_notes() -> None:
+    old = episode("I live in Lisbon.", eid="e-old")
+    r = Recollection(query="q", profile=[], facts=[ScoredFact(fact("Porto"), 0.9)],
+                     episodes=[episode("I moved to Porto.", eid="e-new"), old], summaries=[],
+                     stale_episode_ids=("e-old",))
+    built = build_prompt(user_id="u", message="Which city do I live in?", recollection=r, history=[],
+                         count_tokens=words)
+    assert "Lisbon" not in user_turn(built) and any("I moved to Porto." in ln for ln in built.episode_lines)
+
+
 def test_a_relevant_fact_also_in_the_profile_is_the_known_line_not_a_turn() -> None:
     r = rec(facts=[fact("Porto")], profile=[fact("Porto"), fact("Mochi", "has_pet", category="cat")],
             episodes=[episode("I moved to Porto.")])

@@ -71,6 +71,15 @@ def test_the_newest_value_outranks_the_superseded_one(life) -> None:
         assert porto not in ranked or ranked.index(porto) > ranked.index(denver), query
 
 
+def test_the_turn_of_a_value_no_longer_true_is_marked_stale_only_for_a_present_question(life) -> None:
+    mem, ids, _ = life
+    now = mem.recall(USER, "Where do I live?", k=10)
+    porto = ids["I live in Porto."]
+    assert porto in now.stale_episode_ids and ids["I moved to Denver."] not in now.stale_episode_ids
+    assert mem.recall(USER, "Where did I live before Denver?", k=10).stale_episode_ids == ()
+    assert mem.recall(USER, "Which museum did I visit three months ago?", k=10).stale_episode_ids == ()
+
+
 def test_a_question_about_the_past_still_finds_the_old_value(life) -> None:
     mem, ids, _ = life
     rec = mem.recall(USER, "Where did I live before Denver?", k=10)
