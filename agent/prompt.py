@@ -328,17 +328,18 @@ def _memory_lines(user_id: str, rec: "Recollection | None", budget: PromptBudget
     room = max(layout.max_notes - len(facts), 0) if layout.relevant_first else layout.max_notes
     profile = profile[:room]
     facts = facts[: max(layout.max_notes - len(profile), 0)]
-    stale = set(getattr(rec, "stale_episode_ids", ()))  # turns stating what is no longer true: the facts say it
+    stale = set(rec.stale_episode_ids)  # turns stating what is no longer true: the facts say it
     episodes = [e for e in rec.episodes if e.episode_id not in stale][: layout.max_episodes]
-    def turn(e: "ScoredEpisode") -> str:
-        return f"[{_day(e.at)}] {quote_memory(e.text)}" if layout.episode_style == "dated" else quote_memory(e.text)
-
-    mine = [turn(e) for e in episodes if e.role == "user"]
-    about_assistant = bool(getattr(getattr(rec, "intent", None), "about_assistant", False))
-    said = [turn(e) for e in episodes
-            if e.role == "assistant" and (about_assistant or "bm25" in e.sources)]
+    dated = layout.episode_style == "dated"
+    mine = [_turn_line(e, dated) for e in episodes if e.role == "user"]
+    said = [_turn_line(e, dated) for e in episodes
+            if e.role == "assistant" and (rec.intent.about_assistant or "bm25" in e.sources)]
     summaries = [quote_memory(s.text) for s in getattr(rec, "summaries", [])]
     return _Notes(profile, facts, mine, said, summaries)
+
+
+def _turn_line(e: "ScoredEpisode", dated: bool) -> str:
+    return f"[{_day(e.at)}] {quote_memory(e.text)}" if dated else quote_memory(e.text)
 
 
 def _notes_block(notes: _Notes) -> str:
