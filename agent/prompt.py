@@ -43,7 +43,9 @@ layout then kept was: notes before the message under a short header, relevant fa
 ``max_notes`` = 10, episodes at most 6), the best note on a ``Known about me:`` line, then ``My
 message: ...`` and "Answer in a few words."
 
-A second round (same seed 1, 4 users, 20 questions, 24 new tokens, penalty 1.15 on the reply; after
+A second round (same seed 1, 4 users, 20 questions, 24 new tokens, penalty 1.15 on the reply; a scratch
+script that rewrote the built prompt's last paragraph, not kept in the repo — reproduce a row with
+``PromptLayout(known_label=..., message_label=..., answer_hint=...)`` and ``bench/memory_qa.py --variant``; after
 three fixes: a relevant fact also in the profile now leads the notes, turns that stated a superseded
 value are left out for a present-tense question, the assistant's words are quoted only when asked about
 or lexically matched) compared the last paragraph of the user's turn:
