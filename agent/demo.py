@@ -65,4 +65,42 @@ def run_demo(console: Console, build: Callable[[ManualClock], object], *, user_i
                 console.print(f"   [dim]notes used: {escape(' '.join(notes[:4]))}[/]")
     console.rule("what pllm remembers (struck through: no longer true)")
     console.print(facts_table(memory, user_id))
+    if agent.model_level:
+        show_model_level(console, stack, user_id)
     stack.close()  # type: ignore[attr-defined]
+
+
+def show_model_level(console: Console, stack: object, user_id: str) -> None:
+    """Wait for the knowledge edits, then ask the user's own model and the base model the same questions
+    closed book (no memory, no profile in the prompt)."""
+    from rich.table import Table
+
+    from agent.model_level import edit_registry
+    from editing import GenerationSettings
+
+    agent, local = stack.agent, stack.local  # type: ignore[attr-defined]
+    with console.status("the update worker is writing the facts into the user's own model (knowledge edits)…"):
+        agent.worker.wait_idle()
+    registry = edit_registry(stack.settings.home)  # type: ignore[attr-defined]
+    try:
+        edits = registry.list(user_id)
+    finally:
+        registry.close()
+    view = agent.chat_model.view_for(user_id)
+    console.rule(f"{user_id}'s own model, closed book (adapter {'v' + str(view.version) if view else 'none'}: "
+                 f"{sum(e.state == 'active' for e in edits)} active edits)")
+    table = Table()
+    for col in ("question", "edit", "base model", f"{user_id}'s model"):
+        table.add_column(col)
+    settings = GenerationSettings(max_new_tokens=20)
+    for edit in edits:
+        if edit.state not in ("active", "rejected"):
+            continue
+        ask = [{"role": "user", "content": edit.question}]
+        base = local.generate(ask, settings)
+        own = local.generate(ask, settings, view=view)
+        table.add_row(escape(edit.question), f"{edit.target} ({edit.state})", escape(base.strip()), escape(own.strip()))
+    console.print(table)
+    failed = [j for j in agent.worker.store.list(user_id, states=("failed",))]
+    for job in failed:
+        console.print(f"[red]job {job.id} failed:[/] {escape(job.error)}")

@@ -9,8 +9,8 @@ runs every registered part and assembles one document::
 Parts registered today: ``memory`` (episodes, facts, the graph log, semantic items, summaries — through
 ``Memory.export/import_/forget``), ``threads`` (the conversation threads of the checkpointer, listed by
 the :class:`~agent.threads.ThreadRegistry`: the messages of each session) and, when the stack has a
-LangGraph store, ``store`` (the user's namespaces). Model-level parts (edits, adapters, jobs) register the
-same way. A part that has nothing for the user exports ``None`` and is left out of the document.
+LangGraph store, ``store`` (the user's namespaces); a stack or :func:`open_user_data` also registers ``model``
+(the user's knowledge edits, adapter versions and jobs: :class:`agent.model_level.ModelPart`). A part that has nothing for the user exports ``None`` and is left out of the document.
 
 Failure policy — a part's failure is reported, never skipped: ``export`` fails whole if any part fails;
 ``forget`` runs every part even when one fails (a failing part must not keep the others from erasing),
@@ -418,5 +418,11 @@ def open_user_data(settings: "Settings", *, embedder: "Embedder | None" = None, 
     except BaseException:
         memory.close()
         raise
-    return user_data_for(memory, registry, checkpointer,
-                         on_close=[memory.close, registry.close, lambda: close_checkpointer(checkpointer)])
+    from agent.jobs import JobStore
+    from agent.model_level import ModelPart
+
+    jobs = JobStore.under(settings.home)
+    data = user_data_for(memory, registry, checkpointer,
+                         on_close=[memory.close, registry.close, lambda: close_checkpointer(checkpointer), jobs.close])
+    data.register(ModelPart(settings.home, jobs))
+    return data

@@ -91,14 +91,20 @@ def make_respond_node(chat_model: BaseChatModel, *, count_tokens: Callable[[str]
                       layout: PromptLayout | None = None) -> Callable[[MemoryState, Runtime[Any]], dict[str, Any]]:
     """``respond``: a profile- and retrieval-augmented prompt within the budget; the reply streams."""
 
+    from agent.chat_model import PllmChatModel
+
+    # pllm's local model serves each user with their published adapter; another chat model gets no extra kwargs.
+    pass_user = isinstance(chat_model, PllmChatModel)
+
     def respond(state: MemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
         messages = state["messages"]
+        per_user = {"user_id": user_of(runtime)} if pass_user else {}
         built: BuiltPrompt = build_prompt(
             user_id=user_of(runtime), message=_text(_last_human(messages)),
             recollection=state.get("recollection"), history=messages[:-1],
             count_tokens=count_tokens, budget=budget, now=now() if now else None, layout=layout,
         )
-        reply = chat_model.invoke(built.messages)
+        reply = chat_model.invoke(built.messages, **per_user)
         return {"messages": [AIMessage(content=reply.content)], "prompt": built.messages}
 
     return respond

@@ -8,6 +8,7 @@ One folder layout under the home, whichever way pllm is used (CLI, :class:`Setti
     HOME/checkpoints.sqlite                                  conversation threads (LangGraph)
     HOME/models/                                             converted models
     HOME/history/                                            the CLI's line-editing history, one file per user
+    HOME/jobs.sqlite  HOME/edits.sqlite  HOME/edits/  HOME/adapters/   model level (see agent.model_level)
 
 Earlier builds of pllm kept the memory files one level down, in ``HOME/memory/``; :func:`migrate_legacy_layout` moves
 them up (the CLI does it on start), :meth:`Settings.memory_config` warns while they are still there.
@@ -106,6 +107,8 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0)
     repetition_penalty: float = Field(default=1.15, gt=0.0, description="> 1 discourages loops in small models")
+    model_updates: bool = Field(default=True, description="run model-level jobs (knowledge edits into each user's "
+                                "adapter) on a background worker; off: input-level personalization only")
 
     @field_validator("home", "model_cache", mode="before")
     @classmethod

@@ -28,11 +28,19 @@ __all__ = ["Stack", "build_stack", "MODEL_HANDLERS", "stack_capabilities"]
 
 log = logging.getLogger(__name__)
 
-# Model-level job handlers the stack registers on its update worker: job kind → factory building the
-# handler from the stack's local model and memory. Empty today (every model-level job is skipped);
-# knowledge edits, preference weights and adapter refresh add theirs here, which is also what
+def _knowledge_edit(local: "LocalModel", memory: "Memory", settings: Settings) -> "Handler":
+    from agent.model_level import knowledge_edit_handler
+
+    return knowledge_edit_handler(local, memory, settings)
+
+
+# Model-level job handlers the stack registers on its update worker (when ``settings.model_updates``): job
+# kind → factory building the handler from the stack's local model, memory and settings. Knowledge edits
+# today; preference weights and adapter refresh add theirs here, which is also what
 # :func:`stack_capabilities` reports.
-MODEL_HANDLERS: Mapping[str, Callable[["LocalModel", "Memory", Settings], "Handler"]] = {}
+MODEL_HANDLERS: Mapping[str, Callable[["LocalModel", "Memory", Settings], "Handler"]] = {
+    "knowledge_edit": _knowledge_edit,
+}
 
 
 @dataclass
@@ -48,7 +56,9 @@ class Stack:
         return self.agent.user_data
 
     def close(self) -> None:
-        self.agent.close()
+        self.agent.close()  # stops the update worker (a job in progress finishes first)
+        if self.agent.worker.store is not None:
+            self.agent.worker.store.close()
         self.memory.close()
 
 
@@ -61,6 +71,9 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     part of each user's data."""
     from agent.chat_model import PllmChatModel
     from agent.graph import PersonalAgent, make_checkpointer
+    from agent.jobs import JobStore
+    from agent.model_level import ModelPart, adapter_store
+    from agent.policy import UpdateWorker
     from agent.threads import ThreadRegistry
     from editing import LocalModel
     from memory.service import Memory
@@ -68,18 +81,24 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     memory = Memory(memory_config or settings.memory_config(), clock=clock, embedder=embedder)
     if chat_model is None:
         local = local or LocalModel.load(settings.runtime_config())
-        chat_model = PllmChatModel(local=local, settings=generation or settings.generation())
+        chat_model = PllmChatModel(local=local, settings=generation or settings.generation(),
+                                   adapters=adapter_store(settings.home))
     checkpointer = make_checkpointer(settings.home, settings.postgres_url)
+    jobs = JobStore.under(settings.home)
+    worker = UpdateWorker(clock=memory.clock, store=jobs, outbox=memory.graph.log_after)
     agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=ThreadRegistry.under(settings.home),
-                          store=store)
-    if isinstance(chat_model, PllmChatModel):
+                          store=store, worker=worker)
+    agent.user_data.register(ModelPart(settings.home, jobs))
+    if isinstance(chat_model, PllmChatModel) and settings.model_updates:
         for kind, factory in MODEL_HANDLERS.items():
             agent.worker.register(kind, factory(chat_model.local, memory, settings))  # type: ignore[arg-type]
     return Stack(settings=settings, memory=memory, agent=agent, local=local if isinstance(chat_model, PllmChatModel) else None)
 
 
-def stack_capabilities() -> "Capabilities":
-    """What :func:`build_stack` with pllm's local model offers, without building anything (for ``pllm info``)."""
+def stack_capabilities(settings: Settings | None = None) -> "Capabilities":
+    """What :func:`build_stack` with pllm's local model offers under ``settings``, without building anything
+    (for ``pllm info``)."""
     from agent.capabilities import capabilities_of
 
-    return capabilities_of(local_model=True, chat_model="PllmChatModel", handler_kinds=MODEL_HANDLERS)
+    on = settings.model_updates if settings is not None else Settings.model_fields["model_updates"].default
+    return capabilities_of(local_model=True, chat_model="PllmChatModel", handler_kinds=MODEL_HANDLERS if on else ())

@@ -460,6 +460,20 @@ class KnowledgeGraph:
         with self._lock:
             return self._rows(self._db, user_id)
 
+    def log_after(self, seq: int, *, limit: int = 500) -> list[tuple[int, str, str]]:
+        """Rows of the log after ``seq`` that changed some user's facts, oldest first: ``(seq, user, "op relation: object")``.
+
+        The model-update worker's outbox reads this (see :mod:`agent.jobs`); ``forget`` rows are left out
+        (forgetting a user removes their model-level state directly).
+        """
+        rows = self._store.rows("SELECT seq, user_id, op, payload FROM fact_events WHERE seq > ? AND op != 'forget' "
+                                "ORDER BY seq LIMIT ?", (int(seq), int(limit)), action="read the fact log")
+        out: list[tuple[int, str, str]] = []
+        for row_seq, user, op, payload in rows:
+            fact = json.loads(payload).get("fact", {})
+            out.append((int(row_seq), str(user), f"{op} {fact.get('relation', '?')}: {fact.get('object', '?')}"))
+        return out
+
     def users(self) -> list[str]:
         """Every user with at least one graph event, sorted."""
         with self._lock:

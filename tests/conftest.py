@@ -11,6 +11,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
+# Knowledge edits (seconds each, on a background worker) run only where a test asks for them
+# (Settings(model_updates=True), or a scenario with edit/closed_book checks, which turns them on itself).
+os.environ["PLLM_MODEL_UPDATES"] = "0"
 
 import pytest  # noqa: E402
 

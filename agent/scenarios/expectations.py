@@ -20,7 +20,12 @@ Matching rules (all string comparisons case-insensitive):
   mention (``FactAdded`` with nothing replaced) is not a change.
 * ``memory_size`` (extension): the user's indexed episodes are at most ``max_episodes``.
 
-``edit``, ``adapter``, ``weight`` and ``drift: {dimension: ...}`` fail with :data:`NOT_SUPPORTED` until the
+* ``closed_book`` (model level): after the update worker has finished the jobs queued so far, the user's own
+  model — their published adapter, no memory and no profile in the prompt — answers ``ask`` in chat form,
+  greedily; checked like ``reply``. ``edit``: the same model's plain greedy continuation of ``prompt``
+  contains ``target``. A failure lists the user's failed jobs.
+
+``adapter``, ``weight`` and ``drift: {dimension: ...}`` fail with :data:`NOT_SUPPORTED` until their
 model-level handlers exist; each will be one function registered here.
 """
 
@@ -42,8 +47,12 @@ from memory.records import (
 )
 from memory.relations import normalize_relation
 
+from editing.generation import GenerationSettings
+
 from agent.scenarios.format import (
+    ClosedBookExpect,
     DriftExpect,
+    EditExpect,
     Expectation,
     FactExpect,
     MemorySizeExpect,
@@ -273,7 +282,8 @@ def probe_reply(stack: "Stack", user: str, text: str, *, session_id: str) -> str
     count = stack.local.count_tokens if stack.local is not None else (lambda s: max(1, len(s) // 4))
     built = build_prompt(user_id=user, message=text, recollection=rec, history=history, count_tokens=count,
                          now=memory.clock.now())
-    return str(agent.chat_model.invoke(built.messages).content)
+    per_user = {"user_id": user} if stack.local is not None else {}  # the user's adapter, as in the respond node
+    return str(agent.chat_model.invoke(built.messages, **per_user).content)
 
 
 def check_drift(ctx: CheckContext, exp: DriftExpect) -> Outcome:
@@ -295,6 +305,60 @@ def check_memory_size(ctx: CheckContext, exp: MemorySizeExpect) -> Outcome:
     return Outcome(count <= exp.max_episodes, f"{count} episodes indexed (at most {exp.max_episodes} expected)")
 
 
+# How long a model-level check waits for the update worker to finish the jobs queued so far.
+MODEL_JOBS_TIMEOUT_S = 900.0
+_PROBE = GenerationSettings(max_new_tokens=32)
+
+
+def _user_view(ctx: CheckContext, user: str) -> "tuple[Any, Outcome | None]":
+    """(the user's published view or None, a failing Outcome when the check cannot run)."""
+    stack = ctx.stack
+    if stack.local is None:
+        return None, Outcome(False, "closed-book checks need pllm's local model (this stack uses another chat model)")
+    if not stack.agent.worker.wait_idle(MODEL_JOBS_TIMEOUT_S):
+        return None, Outcome(False, f"model-update jobs still running after {MODEL_JOBS_TIMEOUT_S:.0f} s")
+    return stack.agent.chat_model.view_for(user), None  # type: ignore[attr-defined]
+
+
+def _failed_jobs(ctx: CheckContext, user: str) -> str:
+    failed = [r for r in ctx.stack.agent.worker.store.list(user, states=("failed",), limit=3)]  # type: ignore[union-attr]
+    return "; failed jobs: " + _listing(f"{r.kind}: {r.error}" for r in failed) if failed else ""
+
+
+def _texts_outcome(text: str, contains: Sequence[str], contains_any: Sequence[str], not_contains: Sequence[str],
+                   what: str) -> Outcome:
+    missing = [s for s in contains if not _has(text, s)]
+    none_of = list(contains_any) if contains_any and not any(_has(text, s) for s in contains_any) else []
+    present = [s for s in not_contains if _has(text, s)]
+    shown = repr(_short(text, 160))
+    if not (missing or none_of or present):
+        return Outcome(True, f"{what} {shown}")
+    why = ([f"missing {missing}"] if missing else []) + ([f"none of {none_of}"] if none_of else []) \
+        + ([f"found unwanted {present}"] if present else [])
+    return Outcome(False, f"{', '.join(why)} in {what} {shown}")
+
+
+def check_closed_book(ctx: CheckContext, exp: ClosedBookExpect) -> Outcome:
+    user = ctx.user_of(exp)
+    view, problem = _user_view(ctx, user)
+    if problem is not None:
+        return problem
+    answer = ctx.stack.local.generate([{"role": "user", "content": exp.ask}], _PROBE, view=view)  # type: ignore[union-attr]
+    where = f"v{view.version}" if view is not None else "base model (no adapter published)"
+    out = _texts_outcome(answer, exp.contains, exp.contains_any, exp.not_contains, f"closed-book answer ({where})")
+    return out if out.passed else Outcome(False, out.detail + _failed_jobs(ctx, user))
+
+
+def check_edit(ctx: CheckContext, exp: EditExpect) -> Outcome:
+    user = ctx.user_of(exp)
+    view, problem = _user_view(ctx, user)
+    if problem is not None:
+        return problem
+    text = ctx.stack.local.complete(exp.prompt, GenerationSettings(max_new_tokens=16), view=view)  # type: ignore[union-attr]
+    out = _texts_outcome(text, (exp.target,), (), (), "continuation")
+    return out if out.passed else Outcome(False, out.detail + _failed_jobs(ctx, user))
+
+
 def not_supported(ctx: CheckContext, exp: Expectation) -> Outcome:
     """Model-level expectations until their handlers exist (replace the entry in :data:`CHECKS`)."""
     return Outcome(False, NOT_SUPPORTED, unsupported=True)
@@ -308,7 +372,8 @@ CHECKS: dict[str, Check] = {
     "drift": check_drift,
     "memory_size": check_memory_size,
     "weight": not_supported,
-    "edit": not_supported,
+    "edit": check_edit,
+    "closed_book": check_closed_book,
     "adapter": not_supported,
 }
 

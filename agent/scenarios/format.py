@@ -172,6 +172,18 @@ class EditExpect(Expectation):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClosedBookExpect(Expectation):
+    """The user's own model (their published adapter; no memory, no profile in the prompt) answers ``ask`` in
+    chat form, greedily: contains all of ``contains``, one of ``contains_any``, none of ``not_contains``."""
+
+    kind: ClassVar[str] = "closed_book"
+    ask: str = ""
+    contains: tuple[str, ...] = ()
+    contains_any: tuple[str, ...] = ()
+    not_contains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdapterExpect(Expectation):
     """The user has an adapter of ``kind`` at version ``min_version`` or later."""
 
@@ -407,6 +419,15 @@ def _build_edit(r: _Reader, v: dict[str, Node], line: int, node: Node) -> Expect
     return EditExpect(line=line, user=_user(r, v), prompt=r.text(v["prompt"], "prompt"), target=r.text(v["target"], "target"))
 
 
+def _build_closed_book(r: _Reader, v: dict[str, Node], line: int, node: Node) -> Expectation:
+    if not any(k in v for k in ("contains", "contains_any", "not_contains")):
+        raise r.fail(node, "closed_book needs at least one of 'contains', 'contains_any', 'not_contains'")
+    return ClosedBookExpect(line=line, user=_user(r, v), ask=r.text(v["ask"], "ask"),
+                            contains=_opt(v, "contains", r.texts) or (),
+                            contains_any=_opt(v, "contains_any", r.texts) or (),
+                            not_contains=_opt(v, "not_contains", r.texts) or ())
+
+
 def _build_adapter(r: _Reader, v: dict[str, Node], line: int, node: Node) -> Expectation:
     kind = r.text(v["kind"], "kind")
     if kind not in ADAPTER_KINDS:
@@ -428,13 +449,14 @@ _KINDS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...], _Builder]] = {
     "drift": (("relation", "object_from", "object_to", "dimension", "user"), (), _build_drift),
     "weight": (("dimension", "sign", "user"), ("dimension", "sign"), _build_weight),
     "edit": (("prompt", "target", "user"), ("prompt", "target"), _build_edit),
+    "closed_book": (("ask", "contains", "contains_any", "not_contains", "user"), ("ask",), _build_closed_book),
     "adapter": (("kind", "min_version", "user"), ("kind",), _build_adapter),
     "memory_size": (("max_episodes", "user"), ("max_episodes",), _build_memory_size),
 }
 EXPECTATION_KEYS: Mapping[str, tuple[str, ...]] = {k: v[0] for k, v in _KINDS.items()}
 EXPECTATION_TYPES: Mapping[str, type[Expectation]] = {
     t.kind: t for t in (FactExpect, NoFactExpect, RecallExpect, ReplyExpect, DriftExpect, WeightExpect,
-                        EditExpect, AdapterExpect, MemorySizeExpect)
+                        EditExpect, ClosedBookExpect, AdapterExpect, MemorySizeExpect)
 }
 
 _SCENARIO_KEYS = ("name", "user", "sessions", "description", "tags", "max_new_tokens", "memory")

@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 24
 
 
+# Expectation kinds that read the user's model (they turn the stack's model updates on).
+MODEL_LEVEL_KINDS = frozenset({"edit", "closed_book"})
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How scenarios run. ``max_new_tokens`` caps every reply (a scenario may ask for fewer)."""
@@ -193,11 +197,15 @@ class ScenarioRunner:
     # ------------------------------------------------------------------------------------ internals
 
     def _build(self, scenario: Scenario, home: Path) -> "Stack":
+        """The scenario's stack under ``home``; model updates on only when it has ``edit``/``closed_book`` checks."""
         from agent.stack import build_stack
         from memory import ManualClock
 
         tokens = min(self.options.max_new_tokens, scenario.max_new_tokens or self.options.max_new_tokens)
-        settings = self.settings.model_copy(update={"home": home, "max_new_tokens": tokens})
+        # Knowledge edits cost seconds each: they run exactly for the scenarios that check the model level.
+        model_level = any(e.kind in MODEL_LEVEL_KINDS for session in scenario.sessions for e in session.expect)
+        settings = self.settings.model_copy(update={"home": home, "max_new_tokens": tokens,
+                                                    "model_updates": model_level})
         clock = ManualClock(scenario.sessions[0].at)
         memory_config = replace(settings.memory_config(), **scenario.memory.overrides())
         return build_stack(settings, clock=clock, local=self.local, embedder=self.embedder, memory_config=memory_config)

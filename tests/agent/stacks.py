@@ -21,7 +21,9 @@ def make_stack(tmp_path: Path, model_cache_dir: Path, local_model, embedder):
     stacks = []
 
     def make(home: Path | None = None, clock: ManualClock | None = None, **kwargs):
-        settings = Settings(home=home or tmp_path / "home", model_cache=model_cache_dir)
+        # Model updates (knowledge edits, seconds each) only where a test asks for them: model_updates=True.
+        settings = Settings(home=home or tmp_path / "home", model_cache=model_cache_dir,
+                            model_updates=kwargs.pop("model_updates", False))
         stack = build_stack(settings, clock=clock or ManualClock(utc(2026, 1, 5, 9)), local=local_model,
                             embedder=embedder, generation=SHORT, **kwargs)
         stacks.append(stack)

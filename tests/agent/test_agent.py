@@ -254,16 +254,18 @@ def test_control_tokens_typed_by_a_user_stay_text_through_the_agent(make_stack, 
 
 
 def test_the_agent_claims_only_the_personalization_that_is_active(make_stack) -> None:
-    agent = make_stack().agent
+    stack = make_stack()  # model_updates=False: no model-level handler is registered
+    agent = stack.agent
     assert "model level not active: no handler registered for knowledge_edit" in agent.describe()
     caps = agent.capabilities()
     assert caps.input_level and caps.local_model and not caps.model_level
     assert caps.handlers == {"knowledge_edit": False, "preference_weights": False, "adapter_refresh": False}
-    assert stack_capabilities() == caps  # what `pllm info` reports without building a stack
+    assert stack_capabilities(stack.settings) == caps  # what `pllm info` reports without building a stack
     agent.chat("sam", "I drink espresso every morning.")
     agent.chat("sam", "I switched from espresso to green tea.")
     assert agent.worker.wait_idle(30)
-    assert [(o.job.kind, o.status) for o in agent.worker.outcomes] == [("knowledge_edit", "skipped")]  # as reported
+    outcomes = [(o.job.kind, o.status) for o in agent.worker.outcomes]  # one per turn unless coalesced while queued
+    assert 1 <= len(outcomes) <= 2 and set(outcomes) == {("knowledge_edit", "skipped")}  # as reported
     agent.worker.register("knowledge_edit", lambda job: "edited")
     assert agent.model_level and agent.capabilities().handled == ["knowledge_edit"]
     assert "model level (knowledge_edit; no handler for preference_weights, adapter_refresh" in agent.describe()

@@ -224,11 +224,10 @@ sessions:
       - reply: {to: "Where do I live?", contains: ["zzqx"]}
       - drift: {dimension: verbosity}
       - weight: {dimension: verbosity, sign: -1}
-      - edit: {prompt: "Sam lives in", target: "Bergen"}
       - adapter: {kind: style}
 """
 SMALL_PASSES = [True, False, True, False, True, False, True, False,
-                True, False, True, True, True, False, False, True, False, False, False, False, False]
+                True, False, True, True, True, False, False, True, False, False, False, False]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +260,7 @@ def test_each_expectation_kind_passes_and_fails_on_a_real_run(small_result) -> N
 @pytest.mark.slow  # shares one ~15-40 s run of SMALL (3 turns, 2 replies)
 def test_model_level_expectations_fail_as_not_supported_yet(small_result) -> None:
     unsupported = [r for r in small_result.results if r.unsupported]
-    assert [r.kind for r in unsupported] == ["drift", "weight", "edit", "adapter"]
+    assert [r.kind for r in unsupported] == ["drift", "weight", "adapter"]  # edit/closed_book: test_model_level
     assert all(not r.passed and r.detail == NOT_SUPPORTED for r in unsupported)
     assert "not supported yet" in NOT_SUPPORTED and "later issue" in NOT_SUPPORTED
 
@@ -287,7 +286,7 @@ def test_the_report_has_the_table_and_a_timeline_png(small_result, tmp_path: Pat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     passed = sum(SMALL_PASSES)
     assert f"| small-life | {passed}/{len(SMALL_PASSES)} | 2 | 3 |" in text
-    assert text.count("**FAIL**") == SMALL_PASSES.count(False) - 4 and text.count("not supported yet") >= 4
+    assert text.count("**FAIL**") == SMALL_PASSES.count(False) - 3 and text.count("not supported yet") >= 3
 
 
 @pytest.fixture()
