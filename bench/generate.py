@@ -31,12 +31,18 @@ The 2× goal is not met with exact parity: at fp32 each token reads all 540 MB o
 likely bound; fewer bytes per weight (int8 / 4-bit, as llama.cpp does) go further but change replies.
 
 ``--all`` re-measures the bf16, int8 and 1-thread rows in the same run.
+
+``adapter_ratio``: tok/s of a user with ``--edits`` (50) rank-one edits — random unit keys, values of 1 %
+of the weight's norm, spread over ``down_proj`` of layers 3–6 — saved as a PEFT LoRA folder, published in an
+``AdapterStore`` and loaded back through ``view()``, ÷ tok/s of the base model through the same decoder
+(``pllm``), same run, same prompt. Goal ≥ 0.9; ``adapter_path`` says which decode step served the user.
 """
 
 from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -49,7 +55,27 @@ from bench._common import emit_json, median, parser, print_table  # noqa: E402
 DEFAULT_PROMPT = "Tell me a long story about a dragon who learns to cook, with many details."
 
 
-def _variants(lm, ids, tokens: int, include_all: bool) -> dict[str, Callable[[int], list[int]]]:
+def _user_view(lm, root: Path, edits: int):
+    """A user with ``edits`` rank-one deltas on down_proj of layers 3-6, stored and read back as a real adapter."""
+    import torch
+
+    from editing import AdapterStore, LowRankDelta
+
+    gen = torch.Generator().manual_seed(0)
+    deltas = []
+    for i in range(edits):
+        name = f"model.layers.{3 + i % 4}.mlp.down_proj"
+        weight = lm.model.get_submodule(name).weight.detach().float().cpu()  # (out, in)
+        key = torch.randn(1, weight.shape[1], generator=gen)
+        value = torch.randn(weight.shape[0], 1, generator=gen)
+        # ‖B @ A‖ = ‖value‖·‖key‖ = 1 % of ‖W‖: the order of a single ROME edit on a trained model.
+        deltas.append(LowRankDelta(name, key / key.norm(), value * (0.01 * weight.norm() / value.norm())))
+    store = AdapterStore(root)
+    store.publish("bench-user", deltas, base_model_id=lm.model_id, extra={"edits": edits})
+    return store.view("bench-user", base_model_id=lm.model_id)
+
+
+def _variants(lm, ids, tokens: int, include_all: bool, view=None) -> dict[str, Callable[[int], list[int]]]:
     """name → run(n_tokens) returning the generated ids; every run makes exactly n_tokens tokens."""
     import torch
 
@@ -60,16 +86,19 @@ def _variants(lm, ids, tokens: int, include_all: bool) -> dict[str, Callable[[in
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         return out[0, ids.shape[1]:].tolist()
 
-    def ours(model=lm.model, fast: bool = True) -> Callable[[int], list[int]]:
+    def ours(model=lm.model, fast: bool = True, deltas=()) -> Callable[[int], list[int]]:
         decoder = Decoder(model, lm.tokenizer, fast_path=fast)
 
         def run(n: int) -> list[int]:
-            for _ in decoder.stream(ids, GenerationSettings(max_new_tokens=n, ignore_eos=True)):
+            for _ in decoder.stream(ids, GenerationSettings(max_new_tokens=n, ignore_eos=True), deltas=deltas):
                 pass
+            run.path = decoder.last_path
             return list(decoder.last_token_ids)
         return run
 
     variants = {"baseline": baseline, "pllm": ours(), "pllm-model-forward": ours(fast=False)}
+    if view is not None:
+        variants["pllm-adapter"] = ours(deltas=view.deltas)
     if include_all:
         def one_thread(n: int, run=ours()) -> list[int]:
             before = torch.get_num_threads()
@@ -98,6 +127,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="model folder / .gguf (default: the packaged SmolLM2)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: accelerator if present)")
     p.add_argument("--all", action="store_true", help="also bf16, dynamic int8 and 1-thread variants")
+    p.add_argument("--edits", type=int, default=50, help="rank-one edits in the user adapter (0: skip it)")
     args = p.parse_args()
 
     import torch
@@ -107,7 +137,9 @@ def main() -> None:
     lm = LocalModel.load(RuntimeConfig(model=args.model, cache_dir=args.cache_dir, device=args.device,
                                        threads=args.threads))
     ids = lm.encode_chat([{"role": "user", "content": args.prompt}])
-    variants = _variants(lm, ids, args.tokens, args.all)
+    with tempfile.TemporaryDirectory(prefix="pllm-bench-adapters-") as root:
+        view = _user_view(lm, Path(root), args.edits) if args.edits else None
+    variants = _variants(lm, ids, args.tokens, args.all, view)
     for run in variants.values():
         run(8)  # warm-up: first-call allocations, lazy imports
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -129,8 +161,13 @@ def main() -> None:
     print(f"prompt {ids.shape[1]} tokens, {args.tokens} new, torch threads {torch.get_num_threads()}, "
           f"{args.repeats} rounds, device {lm.plan.describe()}")
     print_table("generation speed", ["variant", "tok/s (median)", "tok/s (best)", "ratio", "agree"], rows)
+    adapter = {}
+    if view is not None:
+        adapter = {"adapter_ratio": round(rate["pllm-adapter"] / rate["pllm"], 2),
+                   "adapter_tok_s": round(rate["pllm-adapter"], 2), "adapter_edits": args.edits,
+                   "adapter_modules": len(view.deltas), "adapter_path": variants["pllm-adapter"].path}
     emit_json({"baseline_tok_s": round(rate["baseline"], 2), "pllm_tok_s": round(rate["pllm"], 2),
-               "ratio": round(rate["pllm"] / rate["baseline"], 2),
+               "ratio": round(rate["pllm"] / rate["baseline"], 2), **adapter,
                "tokens": args.tokens, "threads": torch.get_num_threads(), "repeats": args.repeats,
                "variants_tok_s": {k: round(v, 2) for k, v in rate.items()},
                "variants_best_tok_s": {k: round(v, 2) for k, v in best.items()},

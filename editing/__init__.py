@@ -5,8 +5,9 @@ Knowledge editing (ROME, MEMIT) is a library API here: methods return deltas and
 Importing this package does no I/O; models load when :meth:`LocalModel.load` is called.
 """
 
+from editing.adapters import AdapterStore, UserView, VersionInfo, load_lora, save_lora
 from editing.device import DevicePlan, choose_device
-from editing.errors import EditingError, InvalidRequest, ModelCacheError, ModelNotFound
+from editing.errors import EditingError, InvalidRequest, ModelCacheError, ModelNotFound, StaleAdapter
 from editing.generation import GenerationSettings
 from editing.hooks import apply_deltas
 from editing.memit import MEMITHyperParams, compute_memit
@@ -18,6 +19,7 @@ from editing.runtime import ChatTurn, LocalModel, RuntimeConfig
 from editing.stats import SecondMoments
 
 __all__ = [
+    "AdapterStore",
     "ChatTurn",
     "DevicePlan",
     "EditRequest",
@@ -35,6 +37,9 @@ __all__ = [
     "ROMEHyperParams",
     "RuntimeConfig",
     "SecondMoments",
+    "StaleAdapter",
+    "UserView",
+    "VersionInfo",
     "apply_deltas",
     "cache_state",
     "cached_folder_for",
@@ -43,5 +48,7 @@ __all__ = [
     "compute_rome",
     "ensure_converted",
     "get_method",
+    "load_lora",
     "locate_packaged_gguf",
+    "save_lora",
 ]

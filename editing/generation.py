@@ -14,13 +14,19 @@ the loop has two step implementations behind one interface:
   else (PEFT-wrapped models, extra ``model_kwargs`` such as ``adapter_names``, hooks, other
   architectures), so nothing is ever silently skipped.
 
+A user's low-rank deltas (``deltas=`` of :meth:`Decoder.stream`, ``ΔW = B @ A`` per module) are applied in
+both: the prefill and :class:`_ModelStep` run the model under :func:`editing.hooks.apply_deltas`;
+:class:`_LlamaStep` adds ``(x @ Aᵀ) @ Bᵀ`` to the output of each q/k/v/o/gate/up/down projection that
+carries one (deltas on one module concatenated along the rank first). Deltas on any other module (e.g.
+``lm_head``) send the request to the general path, with the reason logged.
+
 What was tried and what each gave is tabled at the top of ``bench/generate.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from editing.errors import InvalidRequest
+from editing.hooks import apply_deltas, lora_term, merge_per_module
+from editing.requests import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -204,14 +212,17 @@ class _ModelStep:
 
     name = "model"
 
-    def __init__(self, model: "PreTrainedModel", cache: Any, model_kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: "PreTrainedModel", cache: Any, model_kwargs: dict[str, Any],
+                 deltas: Sequence[LowRankDelta] = ()) -> None:
         self.model = model
         self.cache = cache
         self.model_kwargs = model_kwargs
+        self.deltas = deltas
 
     def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """``token`` (1, 1) at absolute ``position`` → next-token logits (1, V)."""
-        out = self.model(input_ids=token, cache=self.cache, use_cache=True, **self.model_kwargs)
+        with apply_deltas(self.model, self.deltas):  # hooks only for the duration of this forward
+            out = self.model(input_ids=token, cache=self.cache, use_cache=True, **self.model_kwargs)
         return out.logits[:, -1, :]
 
 
@@ -228,9 +239,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _linear(x: torch.Tensor, module: Any, lora: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``module(x)`` as tensor ops, plus the user's low-rank term ``(x @ Aᵀ) @ Bᵀ`` when ``lora = (A, B)``."""
+    out = F.linear(x, module.weight, module.bias)
+    return out if lora is None else out + lora_term(x, *lora)
+
+
+_SLOTS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+          "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
 @dataclass(frozen=True)
 class _LayerRefs:
-    """References (not copies) to one decoder layer's tensors and modules."""
+    """References (not copies) to one decoder layer's tensors and modules, and its low-rank terms by slot."""
 
     norm1: Any
     q: Any
@@ -243,6 +264,7 @@ class _LayerRefs:
     down: Any
     act: Any
     scaling: float
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]]  # slot ("q", ..., "down") → (A (r, in), B (out, r))
 
 
 class _LlamaStep:
@@ -276,9 +298,28 @@ class _LlamaStep:
                 return f"module {name!r} is a {type(module).__name__}"
         return None
 
-    def __init__(self, model: Any, cache: Any, capacity: int) -> None:
+    @staticmethod
+    def slots(model: Any) -> dict[str, tuple[int, str]]:
+        """Module name → (layer index, slot) for every projection the fast step computes itself."""
+        return {f"model.layers.{i}.{path}": (i, slot)
+                for i in range(model.config.num_hidden_layers) for slot, path in _SLOTS.items()}
+
+    @classmethod
+    def delta_reason(cls, model: Any, deltas: Sequence[LowRankDelta]) -> str | None:
+        """Why the fast step cannot apply ``deltas`` (``None`` = it can)."""
+        known = cls.slots(model)
+        other = sorted({d.module for d in deltas if d.module not in known})
+        return f"deltas on modules the fast step does not compute: {other}" if other else None
+
+    def __init__(self, model: Any, cache: Any, capacity: int, deltas: Sequence[LowRankDelta] = ()) -> None:
         cfg = model.config
         inner = model.model
+        weight = inner.embed_tokens.weight
+        lora: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in range(cfg.num_hidden_layers)]
+        slots = self.slots(model)
+        for delta in merge_per_module(deltas):
+            i, slot = slots[delta.module]
+            lora[i][slot] = (delta.A.to(weight.device, weight.dtype), delta.B.to(weight.device, weight.dtype))
         self.embed = inner.embed_tokens.weight  # (V, H)
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm
@@ -287,8 +328,8 @@ class _LlamaStep:
         self.layers = [
             _LayerRefs(layer.input_layernorm, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                        layer.self_attn.o_proj, layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj,
-                       layer.mlp.down_proj, layer.mlp.act_fn, layer.self_attn.scaling)
-            for layer in inner.layers[: cfg.num_hidden_layers]
+                       layer.mlp.down_proj, layer.mlp.act_fn, layer.self_attn.scaling, lora[i])
+            for i, layer in enumerate(inner.layers[: cfg.num_hidden_layers])
         ]
         first = cache.layers[0].keys  # (1, kv_heads, T, head_dim)
         self.head_dim = first.shape[-1]
@@ -308,9 +349,10 @@ class _LlamaStep:
         end = position + 1
         for i, ly in enumerate(self.layers):
             h = _rms_norm(x, ly.norm1.weight, ly.norm1.variance_epsilon)
-            q = F.linear(h, ly.q.weight, ly.q.bias).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = F.linear(h, ly.k.weight, ly.k.bias).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = F.linear(h, ly.v.weight, ly.v.bias).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            lora = ly.lora
+            q = _linear(h, ly.q, lora.get("q")).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = _linear(h, ly.k, lora.get("k")).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = _linear(h, ly.v, lora.get("v")).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin  # (1, heads, 1, head_dim)
             k = k * cos + _rotate_half(k) * sin  # (1, kv_heads, 1, head_dim)
             self.keys[i, :, :, position:end] = k
@@ -319,10 +361,10 @@ class _LlamaStep:
             attn = F.scaled_dot_product_attention(q, self.keys[i, :, :, :end], self.values[i, :, :, :end],
                                                   scale=ly.scaling, enable_gqa=self.heads != self.kv_heads)
             attn = attn.transpose(1, 2).reshape(1, 1, -1)  # (1, 1, heads * head_dim)
-            x = x + F.linear(attn, ly.o.weight, ly.o.bias)
+            x = x + _linear(attn, ly.o, lora.get("o"))
             h = _rms_norm(x, ly.norm2.weight, ly.norm2.variance_epsilon)
-            gate = F.linear(h, ly.gate.weight, ly.gate.bias)
-            x = x + F.linear(ly.act(gate) * F.linear(h, ly.up.weight, ly.up.bias), ly.down.weight, ly.down.bias)
+            gate = _linear(h, ly.gate, lora.get("gate"))
+            x = x + _linear(ly.act(gate) * _linear(h, ly.up, lora.get("up")), ly.down, lora.get("down"))
         h = _rms_norm(x, self.final_norm.weight, self.final_norm.variance_epsilon)
         return F.linear(h, self.lm_head.weight, self.lm_head.bias)[:, -1, :]  # (1, V)
 
@@ -347,20 +389,28 @@ class Decoder:
         self.last_path: str | None = None
         self.last_token_ids: list[int] = []
 
-    def _step(self, cache: Any, capacity: int, model_kwargs: dict[str, Any]) -> _LlamaStep | _ModelStep:
+    def _step(self, cache: Any, capacity: int, model_kwargs: dict[str, Any],
+              deltas: Sequence[LowRankDelta]) -> _LlamaStep | _ModelStep:
         if self.fast_path:
             reason = _LlamaStep.unsupported_reason(self.model, model_kwargs)
+            if reason is None and deltas:
+                reason = _LlamaStep.delta_reason(self.model, deltas)
+                if reason is not None:  # a user's adapter slows down: worth a note in the log
+                    log.info("fast decode step off for this adapter: %s", reason)
             if reason is None:
-                return _LlamaStep(self.model, cache, capacity)
+                return _LlamaStep(self.model, cache, capacity, deltas)
             log.debug("fast decode step off: %s", reason)
-        return _ModelStep(self.model, cache, model_kwargs)
+        return _ModelStep(self.model, cache, model_kwargs, deltas)
 
     @torch.inference_mode()
-    def stream(self, input_ids: torch.Tensor, settings: GenerationSettings, **model_kwargs: Any) -> Iterator[str]:
+    def stream(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: Sequence[LowRankDelta] = (),
+               **model_kwargs: Any) -> Iterator[str]:
         """Yield decoded text deltas for a continuation of ``input_ids`` (shape ``(1, T)``).
 
-        Stops at an end-of-reply token (unless ``settings.ignore_eos``), at a stop string (which is not
-        yielded), or after ``settings.max_new_tokens`` tokens.
+        ``deltas``: low-rank changes ``ΔW = B @ A`` to run with (a user's adapter), applied for this call
+        only; the model's weights are never changed. Stops at an end-of-reply token (unless
+        ``settings.ignore_eos``), at a stop string (which is not yielded), or after
+        ``settings.max_new_tokens`` tokens.
         """
         from transformers import DynamicCache
 
@@ -378,10 +428,12 @@ class Decoder:
         text = _TextStream(self.tokenizer, settings.stop)
         self.last_token_ids = text.ids  # filled as tokens arrive
         cache = DynamicCache(config=self.model.config)
+        deltas = merge_per_module(deltas)  # one (A, B) per module: one extra matmul pair per projection
         # Prefill through the model itself: logits of the last position only, (1, 1, V) not (1, T, V).
-        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
+        with apply_deltas(self.model, deltas):
+            out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
         logits = out.logits[:, -1, :]  # (1, V)
-        step = self._step(cache, prompt_len + settings.max_new_tokens, model_kwargs)
+        step = self._step(cache, prompt_len + settings.max_new_tokens, model_kwargs, deltas)
         self.last_path = step.name
         for n in range(settings.max_new_tokens):
             window = seen[:, : prompt_len + n] if settings.penalize_prompt else seen[:, prompt_len: prompt_len + n]
@@ -413,6 +465,7 @@ class Decoder:
 
 
 def decode_stream(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", input_ids: torch.Tensor,
-                  settings: GenerationSettings, **model_kwargs: Any) -> Iterator[str]:
+                  settings: GenerationSettings, deltas: Sequence[LowRankDelta] = (),
+                  **model_kwargs: Any) -> Iterator[str]:
     """Yield decoded text deltas for a continuation of ``input_ids`` (shape ``(1, T)``); see :class:`Decoder`."""
-    return Decoder(model, tokenizer).stream(input_ids, settings, **model_kwargs)
+    return Decoder(model, tokenizer).stream(input_ids, settings, deltas, **model_kwargs)

@@ -17,7 +17,7 @@ from torch import nn
 from editing.errors import InvalidRequest
 from editing.requests import LowRankDelta
 
-__all__ = ["find_module", "apply_deltas", "inference_mode_of", "capture", "add_at_positions"]
+__all__ = ["find_module", "merge_per_module", "lora_term", "apply_deltas", "inference_mode_of", "capture", "add_at_positions"]
 
 
 def find_module(model: nn.Module, name: str) -> nn.Module:
@@ -51,6 +51,33 @@ def inference_mode_of(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def merge_per_module(deltas: Sequence[LowRankDelta]) -> list[LowRankDelta]:
+    """One delta per module, in first-seen order: several deltas on one module are concatenated along the rank.
+
+    ``[B1 B2] @ [A1; A2] = B1 @ A1 + B2 @ A2``, so the merged delta is exactly their sum.
+    """
+    groups: dict[str, list[LowRankDelta]] = {}
+    for delta in deltas:
+        groups.setdefault(delta.module, []).append(delta)
+    merged = []
+    for module, group in groups.items():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        if len({(d.A.shape[1], d.B.shape[0]) for d in group}) != 1:
+            raise InvalidRequest(f"deltas on {module} disagree on the module's shape: "
+                                 f"{sorted({(d.B.shape[0], d.A.shape[1]) for d in group})} (out, in)")
+        a = torch.cat([d.A for d in group], dim=0)  # (sum r, in)
+        b = torch.cat([d.B.to(a.dtype) for d in group], dim=1)  # (out, sum r)
+        merged.append(LowRankDelta(module, a, b))
+    return merged
+
+
+def lora_term(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``ΔW x`` for ``ΔW = B @ A`` without forming ``ΔW``: ``(x @ Aᵀ) @ Bᵀ``, shape ``(..., out)``."""
+    return (x @ a.T) @ b.T
+
+
 @contextmanager
 def apply_deltas(model: nn.Module, deltas: Sequence[LowRankDelta]) -> Iterator[None]:
     """Run ``model`` as if each delta were added to its module's weight: ``out += (x @ Aᵀ) @ Bᵀ``.
@@ -63,7 +90,7 @@ def apply_deltas(model: nn.Module, deltas: Sequence[LowRankDelta]) -> Iterator[N
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             x = args[0]  # (..., in)
             a, b = delta.A.to(x.device, x.dtype), delta.B.to(x.device, x.dtype)
-            return _replace_first(output, _first(output) + (x @ a.T) @ b.T)  # (..., out)
+            return _replace_first(output, _first(output) + lora_term(x, a, b))  # (..., out)
 
         return hook
 

@@ -23,12 +23,14 @@ import torch
 
 from editing.chat_guard import SpecialTokenGuard
 from editing.device import DevicePlan, choose_device
-from editing.errors import InvalidRequest, ModelNotFound
+from editing.errors import InvalidRequest, ModelNotFound, StaleAdapter
 from editing.generation import GenerationSettings, decode_stream
 from editing.model_cache import ensure_converted, locate_packaged_gguf
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from editing.adapters import UserView
 
 __all__ = ["RuntimeConfig", "LocalModel", "ChatTurn"]
 
@@ -85,7 +87,12 @@ def _resolve_source(config: RuntimeConfig) -> tuple[Path | str, str]:
 
 
 class LocalModel:
-    """One base model in memory, shared by every user; generation is serialized by a lock."""
+    """One base model in memory, shared by every user; generation is serialized by a lock.
+
+    A request may carry a user's :class:`~editing.adapters.UserView`: that user's deltas are applied for
+    that request only (hooks exist only inside the lock, the fast decode step takes the deltas directly),
+    so no other request ever sees them and the base weights are never changed.
+    """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *, model_id: str,
                  plan: DevicePlan, source: Path | str) -> None:
@@ -140,22 +147,40 @@ class LocalModel:
 
     # ------------------------------------------------------------------------------ generation
 
-    def stream(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None,
-               **model_kwargs: Any) -> Iterator[str]:
-        """Yield the reply to ``messages`` piece by piece as it is generated."""
-        settings = settings or GenerationSettings()
+    def _deltas_of(self, view: "UserView | None") -> tuple:
+        """The deltas to run with (none without a view); a view made for another base is refused."""
+        if view is None:
+            return ()
+        if view.base_model_id != self.model_id:
+            raise StaleAdapter(f"user {view.user_id!r}'s adapter v{view.version} was made for base model "
+                               f"{view.base_model_id!r}, but this model is {self.model_id!r}: get the view with "
+                               "AdapterStore.view(user, base_model_id=model.model_id), or re-make the adapter")
+        return view.deltas
+
+    def _decode(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: tuple,
+                model_kwargs: dict[str, Any]) -> Iterator[str]:
+        with self.lock:  # hooks are module-global: one request at a time, and only this one's deltas
+            yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas, **model_kwargs)
+
+    def stream(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None, *,
+               view: "UserView | None" = None, **model_kwargs: Any) -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece as it is generated (with ``view``'s adapter, if given).
+
+        Bad messages and a stale view raise here, before the first piece.
+        """
+        deltas = self._deltas_of(view)
         input_ids = self.encode_chat(messages)
-        with self.lock:
-            yield from decode_stream(self.model, self.tokenizer, input_ids, settings, **model_kwargs)
+        return self._decode(input_ids, settings or GenerationSettings(), deltas, model_kwargs)
 
-    def generate(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None,
-                 **model_kwargs: Any) -> str:
+    def generate(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None, *,
+                 view: "UserView | None" = None, **model_kwargs: Any) -> str:
         """The whole reply to ``messages``."""
-        return "".join(self.stream(messages, settings, **model_kwargs))
+        return "".join(self.stream(messages, settings, view=view, **model_kwargs))
 
-    def complete(self, text: str, settings: GenerationSettings | None = None) -> str:
+    def complete(self, text: str, settings: GenerationSettings | None = None, *,
+                 view: "UserView | None" = None) -> str:
         """Plain (non-chat) greedy continuation of ``text``; used for closed-book probes."""
+        deltas = self._deltas_of(view)
         settings = settings or GenerationSettings(max_new_tokens=16)
         ids = self.tokenizer(text, return_tensors="pt")["input_ids"].to(self.plan.device)
-        with self.lock:
-            return "".join(decode_stream(self.model, self.tokenizer, ids, settings))
+        return "".join(self._decode(ids, settings, deltas, {}))
