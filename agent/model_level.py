@@ -16,6 +16,7 @@ Where things live under the home::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -99,7 +100,7 @@ class ModelPart:
             edits = [r.as_dict() for r in registry.list(user_id)]
         finally:
             registry.close()
-        versions = [v.as_dict() for v in adapter_store(self.home).versions(user_id)]
+        versions = [dataclasses.asdict(v) for v in adapter_store(self.home).versions(user_id)]
         jobs = [j.as_dict() for j in self.jobs.list(user_id, limit=1000)] if self.jobs is not None else []
         if not (edits or versions or jobs):
             return None
