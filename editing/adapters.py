@@ -157,6 +157,12 @@ def load_lora(folder: Path, *, base_model_id: str) -> list[LowRankDelta]:
     return deltas
 
 
+def _check_user(user_id: object) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise InvalidRequest(f"user_id must be a non-empty string, got {user_id!r}")
+    return user_id
+
+
 @dataclass(frozen=True)
 class UserView:
     """What one request runs with: a user's published deltas on the base model they were made for."""
@@ -165,6 +171,10 @@ class UserView:
     version: int
     deltas: tuple[LowRankDelta, ...]
     base_model_id: str
+
+    def __post_init__(self) -> None:
+        _check_user(self.user_id)
+        object.__setattr__(self, "deltas", tuple(self.deltas))  # a caller's list stays theirs
 
 
 @dataclass(frozen=True)
@@ -177,12 +187,6 @@ class VersionInfo:
     pllm_version: str
     extra: Mapping[str, Any] = field(default_factory=dict)
     published: bool = False
-
-
-def _check_user(user_id: object) -> str:
-    if not isinstance(user_id, str) or not user_id.strip():
-        raise InvalidRequest(f"user_id must be a non-empty string, got {user_id!r}")
-    return user_id
 
 
 class AdapterStore:
