@@ -315,7 +315,11 @@ class AdapterStore:
         current = self._published(user_dir)
         infos = []
         for number, folder in self._version_dirs(user_dir).items():
-            meta = _read_meta(folder)
+            try:
+                meta = _read_meta(folder)
+            except InvalidRequest as err:
+                log.warning("user %s: skipping unreadable version %d: %s", user_id, number, err)
+                continue
             infos.append(VersionInfo(version=number, created_at=str(meta.get("created_at", "")),
                                      base_model_id=meta["base_model_id"],
                                      pllm_version=str(meta.get("pllm_version", "")),
@@ -323,9 +327,11 @@ class AdapterStore:
         return infos
 
     def view(self, user_id: str, *, base_model_id: str) -> UserView | None:
-        """The user's published version on ``base_model_id``, or ``None`` (no adapter, or one for another base).
+        """The user's published version on ``base_model_id``, or ``None`` (no adapter, or none that can serve).
 
-        The pointer is read on every call, so a version published by another process serves from the next
+        ``None`` with a warning when the published version was made for another base model or is unreadable:
+        a broken adapter must not break the user's reply, which falls back to the base. The pointer is read
+        on every call, so a version published by another process serves from the next
         request on; loaded versions are cached.
         """
         user_dir = self._user_dir(user_id)
@@ -360,8 +366,8 @@ class AdapterStore:
     def _load(self, user_id: str, version: int, folder: Path, base_model_id: str) -> UserView | None:
         try:
             deltas = load_lora(folder, base_model_id=base_model_id)
-        except StaleAdapter as err:
-            log.warning("user %s: %s; serving the base model", user_id, err)
+        except InvalidRequest as err:  # StaleAdapter included
+            log.warning("user %s, adapter v%d: %s; serving the base model", user_id, version, err)
             return None
         return UserView(user_id=user_id, version=version, deltas=tuple(deltas), base_model_id=base_model_id)
 
