@@ -157,6 +157,12 @@ def load_lora(folder: Path, *, base_model_id: str) -> list[LowRankDelta]:
     return deltas
 
 
+def _check_user(user_id: object) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise InvalidRequest(f"user_id must be a non-empty string, got {user_id!r}")
+    return user_id
+
+
 @dataclass(frozen=True)
 class UserView:
     """What one request runs with: a user's published deltas on the base model they were made for."""
@@ -165,6 +171,10 @@ class UserView:
     version: int
     deltas: tuple[LowRankDelta, ...]
     base_model_id: str
+
+    def __post_init__(self) -> None:
+        _check_user(self.user_id)
+        object.__setattr__(self, "deltas", tuple(self.deltas))  # a caller's list stays theirs
 
 
 @dataclass(frozen=True)
@@ -177,12 +187,6 @@ class VersionInfo:
     pllm_version: str
     extra: Mapping[str, Any] = field(default_factory=dict)
     published: bool = False
-
-
-def _check_user(user_id: object) -> str:
-    if not isinstance(user_id, str) or not user_id.strip():
-        raise InvalidRequest(f"user_id must be a non-empty string, got {user_id!r}")
-    return user_id
 
 
 class AdapterStore:
@@ -311,7 +315,11 @@ class AdapterStore:
         current = self._published(user_dir)
         infos = []
         for number, folder in self._version_dirs(user_dir).items():
-            meta = _read_meta(folder)
+            try:
+                meta = _read_meta(folder)
+            except InvalidRequest as err:
+                log.warning("user %s: skipping unreadable version %d: %s", user_id, number, err)
+                continue
             infos.append(VersionInfo(version=number, created_at=str(meta.get("created_at", "")),
                                      base_model_id=meta["base_model_id"],
                                      pllm_version=str(meta.get("pllm_version", "")),
@@ -319,9 +327,11 @@ class AdapterStore:
         return infos
 
     def view(self, user_id: str, *, base_model_id: str) -> UserView | None:
-        """The user's published version on ``base_model_id``, or ``None`` (no adapter, or one for another base).
+        """The user's published version on ``base_model_id``, or ``None`` (no adapter, or none that can serve).
 
-        The pointer is read on every call, so a version published by another process serves from the next
+        ``None`` with a warning when the published version was made for another base model or is unreadable:
+        a broken adapter must not break the user's reply, which falls back to the base. The pointer is read
+        on every call, so a version published by another process serves from the next
         request on; loaded versions are cached.
         """
         user_dir = self._user_dir(user_id)
@@ -356,8 +366,8 @@ class AdapterStore:
     def _load(self, user_id: str, version: int, folder: Path, base_model_id: str) -> UserView | None:
         try:
             deltas = load_lora(folder, base_model_id=base_model_id)
-        except StaleAdapter as err:
-            log.warning("user %s: %s; serving the base model", user_id, err)
+        except InvalidRequest as err:  # StaleAdapter included
+            log.warning("user %s, adapter v%d: %s; serving the base model", user_id, version, err)
             return None
         return UserView(user_id=user_id, version=version, deltas=tuple(deltas), base_model_id=base_model_id)
 

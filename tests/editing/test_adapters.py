@@ -195,6 +195,16 @@ def test_a_half_written_version_is_never_published(tiny_llama, tmp_path: Path) -
     assert store.rollback("ann") == 1  # skips the half-written folder
 
 
+def test_a_corrupt_published_version_falls_back_to_the_base(tiny_llama, tmp_path: Path, caplog) -> None:
+    store = AdapterStore(tmp_path)
+    store.publish("ann", tiny_deltas(tiny_llama), base_model_id="tiny")
+    user_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    (user_dir / "v000001" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="editing.adapters"):
+        assert AdapterStore(tmp_path).view("ann", base_model_id="tiny") is None
+    assert "corrupt" in caplog.text
+
+
 def test_a_second_store_on_the_same_root_sees_a_new_publish(tiny_llama, tmp_path: Path) -> None:
     reader, writer = AdapterStore(tmp_path), AdapterStore(tmp_path)
     writer.publish("ann", tiny_deltas(tiny_llama)[:1], base_model_id="tiny")

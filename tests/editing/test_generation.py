@@ -165,3 +165,24 @@ def test_input_must_be_one_sequence(local_model: LocalModel) -> None:
     decoder = Decoder(local_model.model, local_model.tokenizer)
     with pytest.raises(InvalidRequest, match=r"shape \(1, T\)"):
         list(decoder.stream(torch.ones(2, 3, dtype=torch.long), GenerationSettings()))
+
+
+def test_fast_step_with_a_user_adapter_matches_the_hooked_model_forward(local_model: LocalModel) -> None:
+    from editing import LowRankDelta
+
+    gen = torch.Generator().manual_seed(0)
+    deltas = [LowRankDelta(f"model.layers.{layer}.{path}", torch.randn(2, n_in, generator=gen) * 0.1,
+                           torch.randn(n_out, 2, generator=gen) * 0.1)
+              for layer, path, n_in, n_out in [(4, "mlp.down_proj", 1536, 576), (4, "mlp.down_proj", 1536, 576),
+                                               (10, "self_attn.q_proj", 576, 576), (20, "mlp.up_proj", 576, 1536)]]
+    ids = local_model.encode_chat([{"role": "user", "content": PROMPTS[1]}])
+    settings = GenerationSettings(max_new_tokens=24)
+    runs = {}
+    for fast in (True, False):
+        decoder = Decoder(local_model.model, local_model.tokenizer, fast_path=fast)
+        list(decoder.stream(ids, settings, deltas=deltas))
+        runs[decoder.last_path] = list(decoder.last_token_ids)
+    plain = Decoder(local_model.model, local_model.tokenizer)
+    list(plain.stream(ids, settings))
+    assert runs["llama-fast"] == runs["model"]  # the adapter stays on the fast path, with the same tokens
+    assert runs["llama-fast"] != plain.last_token_ids  # and it really is applied
