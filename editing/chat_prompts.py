@@ -17,12 +17,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["NEUTRAL_CHAT", "render_question", "chat_form_requests"]
 
-# General questions whose answers an edit about one user must not change.
+# General factual questions whose answers an edit about one user must not change. Open-ended requests
+# ("Give me a tip for sleeping better.") are left out: SmolLM2's greedy wording of those drifts under any
+# small change of the weights, even when the content stays the same.
 NEUTRAL_CHAT: tuple[str, ...] = (
     "What is the capital of France?",
     "How many days are there in a week?",
+    "How many legs does a spider have?",
+    "Who wrote Romeo and Juliet?",
     "What color is the sky on a clear day?",
-    "Give me a tip for sleeping better.",
 )
 
 

@@ -10,7 +10,9 @@ For each request, in order (each later request sees the earlier ones' deltas, ap
        + kl_factor · KL(p_before ‖ p_after) over the anchors' reference answers
        + preserve_weight · mean_p ‖ΔW k_p‖² / ‖W k_p‖²      (earlier edits' keys, ``preserve``)
 
-   with ``‖B A‖_F`` clamped to ``max_norm_factor · ‖W‖_F`` after each step;
+   with ``‖B A‖_F`` clamped to ``max_norm_factor · ‖W‖_F`` after each step, and (``template_null_space``)
+   the rows of ``A`` projected off the keys of the chat template's shared prefix (the default system turn,
+   identical in every chat), so ``ΔW k = 0`` there: every other conversation starts from the same states;
 3. the keys k = the module's inputs at the answer positions, returned so later edits can preserve them.
 
 The deltas reach the model only through :func:`editing.hooks.apply_deltas` (out-of-place hooks), and
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from editing.ft_l.hparams import FTLHyperParams
+from editing.chat_prompts import render_question
 from editing.ft_l.pairs import Rows, anchor_rows, training_rows
 from editing.hooks import apply_deltas, capture, find_module, inference_mode_of
 from editing.requests import EditRequest, EditResult, LowRankDelta
@@ -110,12 +113,13 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     train = training_rows(tokenizer, request, include_plain=hparams.include_plain_prompt, device=device)
-    anchors = anchor_rows(model, tokenizer, request, hparams.anchor_questions, hparams.anchor_answer_tokens,
-                          hparams.neutral_anchors)
+    anchors = anchor_rows(model, tokenizer, request, hparams.anchor_questions, hparams.anchor_answer_tokens)
     with torch.no_grad():
         anchor_ref = _scored_logp(model, anchors)  # (S_a, V) the answers as the model gives them now
         nll_before = float(_nll(_scored_logp(model, train), train))
     deltas = _new_deltas(model, modules, hparams.rank, hparams.seed)
+    bases = _template_bases(model, tokenizer, modules) if hparams.template_null_space else {}
+    _project(deltas, bases)
     params = [t for d in deltas for t in (d.A, d.B)]
     optimizer = torch.optim.Adam(params, lr=hparams.lr)
     max_norms = [hparams.max_norm_factor * find_module(model, d.module).weight.detach().norm() for d in deltas]
@@ -135,6 +139,7 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
             steps += 1
             log.debug("ft_l %s step %d: nll %.3f kl %.4f", request.key or request.text, steps, nll.item(), kl.item())
             with torch.no_grad():  # the constraint of FT-L: ‖ΔW‖ stays a small fraction of ‖W‖
+                _project(deltas, bases)
                 for d, limit in zip(deltas, max_norms):
                     norm = _norm(d)
                     if norm > limit:
@@ -160,3 +165,30 @@ def _answer_keys(model: "PreTrainedModel", rows: Rows, modules: Sequence[str]) -
         counts = torch.bincount(rows.rows.cpu(), minlength=n_rows).clamp(min=1)[:, None]
         keys[name] = summed / counts
     return keys
+
+
+@torch.no_grad()
+def _template_bases(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                    modules: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per module, an orthonormal basis ``(in, n)`` of its inputs over the chat template's shared prefix."""
+    shell = render_question(tokenizer, "{}")
+    prefix = shell[: shell.index("{}")]  # the same tokens open every chat (e.g. the default system turn)
+    ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = ids.to(next(model.parameters()).device)
+    bases = {}
+    for name in modules:
+        with capture(model, name, what="input") as seen:
+            model(input_ids=ids)
+        keys = seen[0][0].float()  # (n, in)
+        u, s, _ = torch.linalg.svd(keys.T, full_matrices=False)  # u: (in, n)
+        bases[name] = u[:, s > s.max() * 1e-4]
+    return bases
+
+
+@torch.no_grad()
+def _project(deltas: Sequence[LowRankDelta], bases: Mapping[str, torch.Tensor]) -> None:
+    """A ← A − (A Q) Qᵀ: the delta reads nothing in the span of the template keys."""
+    for d in deltas:
+        q = bases.get(d.module)
+        if q is not None:
+            d.A.sub_((d.A @ q) @ q.T)

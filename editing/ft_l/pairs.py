@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from editing.chat_prompts import NEUTRAL_CHAT, render_question
+from editing.chat_prompts import render_question
 from editing.requests import EditRequest
 from editing.rome.prompts import pad_batch, target_ids
 
@@ -65,11 +65,11 @@ def training_rows(tokenizer: "PreTrainedTokenizerBase", request: EditRequest, *,
 
 @torch.no_grad()
 def anchor_rows(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request: EditRequest,
-                questions: Sequence[str], n_tokens: int, n_neutral: int) -> Rows:
-    """The anchor questions (minus the request's own) and ``n_neutral`` neutral ones, each with the model's answer now."""
+                questions: Sequence[str], n_tokens: int) -> Rows:
+    """The anchor questions (minus the request's own), each with the model's answer now."""
     device = next(model.parameters()).device
     own = {q.casefold() for q in request.chat_questions}
-    chosen = [q for q in (*questions, *NEUTRAL_CHAT[:n_neutral]) if q.casefold() not in own]
+    chosen = [q for q in questions if q.casefold() not in own]
     prompts = [_ids(tokenizer, render_question(tokenizer, q)) for q in chosen]
     answers = []
     for p in prompts:
