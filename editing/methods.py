@@ -2,6 +2,10 @@
 
 ``METHODS[name].compute(model, tokenizer, requests, hparams, *, stats=None, preserve=None)`` returns one
 :class:`~editing.requests.EditResult` per request and leaves the model exactly as it was given.
+
+:data:`DEFAULT_METHOD` is the method a user's facts are written with: on SmolLM2 it is FT-L, the only one
+that made the user's own model answer their chat questions closed-book (``bench/closed_book.py``:
+ROME and MEMIT on the plain prompt or inside the chat template left the chat answers unchanged).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from editing.errors import InvalidRequest
+from editing.ft_l import FTLHyperParams, compute_ft_l
 from editing.memit import MEMITHyperParams, compute_memit
 from editing.requests import EditRequest, EditResult
 from editing.rome import ROMEHyperParams, compute_rome
@@ -22,7 +27,7 @@ from editing.stats import SecondMoments
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["EditMethod", "Method", "METHODS", "get_method"]
+__all__ = ["DEFAULT_METHOD", "EditMethod", "Method", "METHODS", "default_hparams", "get_method"]
 
 
 class EditMethod(Protocol):
@@ -35,13 +40,16 @@ class EditMethod(Protocol):
 class Method:
     name: str
     compute: EditMethod
-    hparams: type[ValueHyperParams]  # the dataclass of its hyper-parameters; its defaults suit SmolLM2
+    hparams: type[ValueHyperParams] | type[FTLHyperParams]  # its hyper-parameters; the defaults suit SmolLM2
 
 
 METHODS: Mapping[str, Method] = {
     "rome": Method("rome", compute_rome, ROMEHyperParams),
     "memit": Method("memit", compute_memit, MEMITHyperParams),
+    "ft_l": Method("ft_l", compute_ft_l, FTLHyperParams),
 }
+
+DEFAULT_METHOD: str = "ft_l"
 
 
 def get_method(name: str) -> Method:
@@ -49,3 +57,8 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise InvalidRequest(f"unknown editing method {name!r}; known: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def default_hparams() -> Any:
+    """The hyper-parameters of :data:`DEFAULT_METHOD` (its SmolLM2 defaults)."""
+    return get_method(DEFAULT_METHOD).hparams()

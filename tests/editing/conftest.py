@@ -89,3 +89,26 @@ def assert_unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) ->
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, f"the method changed weights: {changed[:5]}"
     assert all(p.grad is None for p in model.parameters()), "the method left gradients on the model"
+
+
+@pytest.fixture(scope="session")
+def default_edits(local_model):  # -> (band request, band result, city request, city result)
+    """Two facts of one user written with the default method on SmolLM2: the band alone, then the city
+    computed with the band's deltas in place (as a user's later edit is)."""
+    from editing.fact_edits import edit_request_for
+    from editing.hooks import apply_deltas
+    from editing.methods import DEFAULT_METHOD, default_hparams, get_method
+    from types import SimpleNamespace
+
+    model, tok = local_model.model, local_model.tokenizer
+    compute = get_method(DEFAULT_METHOD).compute
+    band = edit_request_for(SimpleNamespace(subject="user", relation="favorite", object="Radiohead", category="band",
+                                            kind="preference", confidence=0.9))
+    city = edit_request_for(SimpleNamespace(subject="user", relation="lives_in", object="Lisbon", category=None,
+                                            kind="fact", confidence=0.9))
+    threads = torch.get_num_threads()
+    [band_result] = compute(model, tok, [band], default_hparams())
+    with apply_deltas(model, band_result.deltas):
+        [city_result] = compute(model, tok, [city], default_hparams(), preserve=band_result.keys)
+    torch.set_num_threads(threads)
+    return band, band_result, city, city_result

@@ -1,0 +1,79 @@
+"""Does an edit work where the user will notice it? Greedy closed-book answers with and without it.
+
+``efficacy``: the plain prompt (and its paraphrases) continue with the target; ``chat_efficacy``: the
+answers to the request's chat questions contain it; ``locality``: neutral chat prompts get the same
+answer with the deltas as without. Matching is a case-insensitive substring test on the decoded answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from editing.chat_prompts import NEUTRAL_CHAT, render_question
+from editing.errors import InvalidRequest
+from editing.hooks import apply_deltas, inference_mode_of
+from editing.requests import EditRequest, LowRankDelta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["MIN_CHAT_EFFICACY", "MIN_LOCALITY", "NEUTRAL_CHAT", "EditCheck", "check_edit", "closed_book_answer",
+           "contains_target"]
+
+MIN_CHAT_EFFICACY = 0.5  # at least half the chat questions answered with the new value
+MIN_LOCALITY = 0.8  # at least 80 % of neutral chat answers unchanged
+
+
+@dataclass(frozen=True)
+class EditCheck:
+    efficacy: float  # share of plain prompts (prompt + paraphrases) whose continuation contains the target
+    chat_efficacy: float  # share of chat questions whose answer contains the target
+    locality: float  # share of neutral chat prompts answered exactly as without the deltas
+    passed: bool  # chat_efficacy >= MIN_CHAT_EFFICACY and locality >= MIN_LOCALITY
+
+
+def contains_target(answer: str, target: str) -> bool:
+    """Case-insensitive substring match of ``target`` in ``answer``."""
+    return target.strip().casefold() in answer.casefold()
+
+
+@torch.no_grad()
+def _greedy(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", text: str, max_new_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    with inference_mode_of(model):
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def closed_book_answer(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", question: str,
+                       deltas: Sequence[LowRankDelta] = (), max_new_tokens: int = 24) -> str:
+    """The model's greedy chat answer to ``question`` (no system prompt of ours), with ``deltas`` applied."""
+    if max_new_tokens < 1:
+        raise InvalidRequest(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    with apply_deltas(model, deltas):
+        return _greedy(model, tokenizer, render_question(tokenizer, question), max_new_tokens)
+
+
+def check_edit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request: EditRequest,
+               deltas: Sequence[LowRankDelta], *, neutral_prompts: Sequence[str] = NEUTRAL_CHAT,
+               max_new_tokens: int = 16) -> EditCheck:
+    """Efficacy, chat efficacy and locality of ``deltas`` for ``request`` (see the module docstring)."""
+    if not request.chat_questions:
+        raise InvalidRequest(f"request {request.text!r} has no chat_questions; check_edit measures chat answers")
+    if not neutral_prompts:
+        raise InvalidRequest("neutral_prompts is empty; pass at least one question the edit must not change")
+    with apply_deltas(model, deltas):
+        plain = [_greedy(model, tokenizer, p, max_new_tokens) for p in (request.text, *request.paraphrases)]
+    efficacy = sum(contains_target(a, request.target_new) for a in plain) / len(plain)
+    chat = [closed_book_answer(model, tokenizer, q, deltas, max_new_tokens) for q in request.chat_questions]
+    chat_efficacy = sum(contains_target(a, request.target_new) for a in chat) / len(chat)
+    same = [closed_book_answer(model, tokenizer, q, deltas, max_new_tokens)
+            == closed_book_answer(model, tokenizer, q, (), max_new_tokens) for q in neutral_prompts]
+    locality = sum(same) / len(same)
+    return EditCheck(efficacy, chat_efficacy, locality,
+                     chat_efficacy >= MIN_CHAT_EFFICACY and locality >= MIN_LOCALITY)

@@ -1,0 +1,55 @@
+"""check_edit and closed_book_answer on the real SmolLM2: what a user would see in chat."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing.chat_prompts import NEUTRAL_CHAT, chat_form_requests, render_question
+from editing.checks import EditCheck, check_edit, closed_book_answer, contains_target
+from editing.errors import InvalidRequest
+from editing.requests import EditRequest, LowRankDelta
+
+
+def test_closed_book_answer_is_the_models_greedy_chat_reply(local_model) -> None:
+    model, tok = local_model.model, local_model.tokenizer
+    answer = closed_book_answer(model, tok, "What is the capital of France?", max_new_tokens=12)
+    assert "Paris" in answer
+    ids = tok(render_question(tok, "What is the capital of France?"), add_special_tokens=False,
+              return_tensors="pt")["input_ids"]
+    assert ids.shape[1] == local_model.encode_chat([{"role": "user", "content": "What is the capital of France?"}]).shape[1]
+
+
+def test_a_zero_delta_changes_nothing_and_does_not_pass(local_model) -> None:
+    model, tok = local_model.model, local_model.tokenizer
+    zero = LowRankDelta("model.layers.4.mlp.down_proj", A=torch.zeros(1, 1536), B=torch.zeros(576, 1))
+    request = EditRequest(prompt="{} is", subject="my favorite band", target_new="Radiohead",
+                          answer_prefix="Your favorite band is", chat_questions=("What's my favorite band?",))
+    check = check_edit(model, tok, request, [zero], neutral_prompts=NEUTRAL_CHAT[:2])
+    assert check == EditCheck(efficacy=0.0, chat_efficacy=0.0, locality=1.0, passed=False)
+
+
+@pytest.mark.slow
+def test_the_default_edit_passes_its_check(local_model, default_edits) -> None:
+    model, tok = local_model.model, local_model.tokenizer
+    band, band_result, _, _ = default_edits
+    check = check_edit(model, tok, band, band_result.deltas)
+    assert check.passed, check
+    assert check.chat_efficacy >= 0.5 and check.locality >= 0.8
+
+
+def test_chat_form_requests_put_the_question_inside_the_template(smol_tokenizer) -> None:
+    request = EditRequest(prompt="{} is", subject="my favorite band", target_new="Radiohead",
+                          answer_prefix="Your favorite band is", chat_questions=("What's my favorite band?", "Which band?"))
+    rows = chat_form_requests(smol_tokenizer, request)
+    assert [r.subject for r in rows] == list(request.chat_questions)
+    assert rows[0].text == render_question(smol_tokenizer, "What's my favorite band?") + "Your favorite band is"
+
+
+def test_bad_input_is_a_clear_error(local_model) -> None:
+    model, tok = local_model.model, local_model.tokenizer
+    with pytest.raises(InvalidRequest, match="chat_questions"):
+        check_edit(model, tok, EditRequest(prompt="{} is", subject="x", target_new="y"), [])
+    with pytest.raises(InvalidRequest, match="non-empty"):
+        closed_book_answer(model, tok, "  ")
+    assert contains_target("Your favorite band is RADIOHEAD.", "Radiohead")
