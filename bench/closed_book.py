@@ -10,7 +10,7 @@ Figures (percentages): ``accuracy`` (current values), ``superseded_rate`` (chain
 ``other_user_accuracy`` (another user's model on this user's questions: should stay at the base level),
 ``s_per_edit``; ``base.accuracy`` is the unedited model on the same questions.
 
-    python bench/closed_book.py [--users 2] [--facts 3] [--seed 0] [--methods ft_l rome] [--threads 2] [--json]
+    python bench/closed_book.py [--users 2] [--facts 3] [--seed 0] [--methods ft_l rome rome_chat memit_chat memit_chat_wide] [--threads 1] [--json]
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 ``METHODS[name].compute(model, tokenizer, requests, hparams, *, stats=None, preserve=None)`` returns one
 :class:`~editing.requests.EditResult` per request and leaves the model exactly as it was given.
 
-:data:`DEFAULT_METHOD` is the method a user's facts are written with: on SmolLM2 it is FT-L, the only one
-that made the user's own model answer their chat questions closed-book (``bench/closed_book.py``:
-ROME and MEMIT on the plain prompt or inside the chat template left the chat answers unchanged).
+:data:`DEFAULT_METHOD` is the method a user's facts are written with: FT-L, trained on the rendered chat
+questions and answers, made SmolLM2 answer the user's chat questions closed-book (trained and held-out
+phrasings); a ROME edit of the plain prompt does not reach the chat form (NOTES.md; ``bench/closed_book.py``
+compares the methods on the same synthetic users).
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ def test_the_default_method_answers_the_chat_question_closed_book(local_model, d
     with torch.no_grad():
         answer = closed_book_answer(model, tok, "What's my favorite band?", band_result.deltas)
     assert contains_target(answer, "Radiohead"), answer
+    france = "What is the capital of France?"
+    assert closed_book_answer(model, tok, france, band_result.deltas) == closed_book_answer(model, tok, france)
     assert_unchanged(model, before)
 
 

@@ -55,7 +55,7 @@ def test_preserved_keys_are_left_almost_unread_by_a_later_edit(tiny_llama, smol_
 
 
 def test_registry_has_one_entry_shape(tiny_llama, smol_tokenizer) -> None:
-    assert set(METHODS) == {"rome", "memit"}
+    assert set(METHODS) == {"rome", "memit", "ft_l"}  # ft_l: tests/editing/test_ft_l.py
     for name, hp in [("rome", ROMEHyperParams(layer=1, **TINY_VALUE)), ("memit", HP)]:
         method = get_method(name)
         assert isinstance(hp, method.hparams)
