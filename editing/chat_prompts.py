@@ -15,7 +15,7 @@ from editing.requests import EditRequest
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["NEUTRAL_CHAT", "render_question", "chat_form_requests"]
+__all__ = ["NEUTRAL_CHAT", "NEUTRAL_ANSWERS", "render_question", "chat_form_requests"]
 
 # General factual questions whose answers an edit about one user must not change. Open-ended requests
 # ("Give me a tip for sleeping better.") are left out: SmolLM2's greedy wording of those drifts under any
@@ -27,6 +27,15 @@ NEUTRAL_CHAT: tuple[str, ...] = (
     "Who wrote Romeo and Juliet?",
     "What color is the sky on a clear day?",
 )
+# What a correct answer to each neutral question contains (any of them; SmolLM2's base answers do). An edit
+# keeps a neutral question when its answer still does — rewording is allowed, losing the fact is not.
+NEUTRAL_ANSWERS: dict[str, tuple[str, ...]] = {
+    "What is the capital of France?": ("Paris",),
+    "How many days are there in a week?": ("seven", "7"),
+    "How many legs does a spider have?": ("eight", "8"),
+    "Who wrote Romeo and Juliet?": ("Shakespeare",),
+    "What color is the sky on a clear day?": ("blue",),
+}
 
 
 def render_question(tokenizer: "PreTrainedTokenizerBase", question: str) -> str:

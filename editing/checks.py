@@ -1,8 +1,12 @@
 """Does an edit work where the user will notice it? Greedy closed-book answers with and without it.
 
 ``efficacy``: the plain prompt (and its paraphrases) continue with the target; ``chat_efficacy``: the
-answers to the request's chat questions contain it; ``locality``: neutral chat prompts get the same
-answer with the deltas as without. Matching is a case-insensitive substring test on the decoded answer.
+answers to the request's chat questions contain it; ``locality``: neutral chat questions are still answered
+right with the deltas — the answer contains what a correct one contains (:data:`NEUTRAL_ANSWERS`; for a
+question without a known answer, what the answer without the deltas contained: it must be word for word the
+same) and not the edit's target. ``verbatim``: the share of neutral answers word for word unchanged, reported
+beside it (SmolLM2 rewords greedy answers under any small weight change; a reworded right answer is kept).
+Matching is a case-insensitive substring test on the decoded answer.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from editing.chat_prompts import NEUTRAL_CHAT, render_question
+from editing.chat_prompts import NEUTRAL_ANSWERS, NEUTRAL_CHAT, render_question
 from editing.errors import InvalidRequest
 from editing.hooks import apply_deltas, inference_mode_of
 from editing.requests import EditRequest, LowRankDelta
@@ -25,15 +29,16 @@ __all__ = ["MIN_CHAT_EFFICACY", "MIN_LOCALITY", "NEUTRAL_CHAT", "EditCheck", "ch
            "contains_target"]
 
 MIN_CHAT_EFFICACY = 0.5  # at least half the chat questions answered with the new value
-MIN_LOCALITY = 0.8  # at least 80 % of neutral chat answers unchanged
+MIN_LOCALITY = 0.8  # at least 80 % of neutral chat questions still answered right
 
 
 @dataclass(frozen=True)
 class EditCheck:
     efficacy: float  # share of plain prompts (prompt + paraphrases) whose continuation contains the target
     chat_efficacy: float  # share of chat questions whose answer contains the target
-    locality: float  # share of neutral chat prompts answered exactly as without the deltas
+    locality: float  # share of neutral chat questions still answered right (and without the target)
     passed: bool  # chat_efficacy >= MIN_CHAT_EFFICACY and locality >= MIN_LOCALITY
+    verbatim: float = 1.0  # share of neutral answers word for word as without the deltas (reported only)
 
 
 def contains_target(answer: str, target: str) -> bool:
@@ -72,8 +77,14 @@ def check_edit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", r
     efficacy = sum(contains_target(a, request.target_new) for a in plain) / len(plain)
     chat = [closed_book_answer(model, tokenizer, q, deltas, max_new_tokens) for q in request.chat_questions]
     chat_efficacy = sum(contains_target(a, request.target_new) for a in chat) / len(chat)
-    same = [closed_book_answer(model, tokenizer, q, deltas, max_new_tokens)
-            == closed_book_answer(model, tokenizer, q, (), max_new_tokens) for q in neutral_prompts]
-    locality = sum(same) / len(same)
+    kept, same = [], []
+    for q in neutral_prompts:
+        before = closed_book_answer(model, tokenizer, q, (), max_new_tokens)
+        after = closed_book_answer(model, tokenizer, q, deltas, max_new_tokens)
+        same.append(after == before)
+        right = NEUTRAL_ANSWERS.get(q)
+        ok = any(contains_target(after, r) for r in right) if right else after == before
+        kept.append(ok and not contains_target(after, request.target_new))
+    locality = sum(kept) / len(kept)
     return EditCheck(efficacy, chat_efficacy, locality,
-                     chat_efficacy >= MIN_CHAT_EFFICACY and locality >= MIN_LOCALITY)
+                     chat_efficacy >= MIN_CHAT_EFFICACY and locality >= MIN_LOCALITY, sum(same) / len(same))

@@ -110,6 +110,13 @@ def chat_questions_for(relation: str, category: str | None = None) -> tuple[str,
     return template.questions
 
 
+def _about_the_user(fact: Any) -> bool:
+    """pllm's memory names the user by their id (``subject == user_id``); extractors may write "user"/"I"."""
+    subject = fact.subject.strip().casefold()
+    user_id = getattr(fact, "user_id", None)
+    return subject in _USER_SUBJECTS or (isinstance(user_id, str) and subject == user_id.strip().casefold())
+
+
 def slot_key_of(fact: Any) -> str:
     """``"subject|relation|category"`` (lower case): the slot a later value of the same fact replaces."""
     return "|".join((str(fact.subject).casefold(), str(fact.relation), (fact.category or "").casefold()))
@@ -126,7 +133,7 @@ def edit_request_for(fact: Any, *, min_confidence: float = MIN_CONFIDENCE) -> Ed
             raise InvalidRequest(f"edit_request_for needs a fact with str subject/relation/object, got {fact!r}")
     if float(getattr(fact, "confidence", 1.0)) < min_confidence:
         return None
-    if fact.subject.strip().casefold() not in _USER_SUBJECTS or not fact.object.strip():
+    if not _about_the_user(fact) or not fact.object.strip():
         return None
     if getattr(fact, "kind", "fact") == "preference" and fact.relation != "favorite":
         return None

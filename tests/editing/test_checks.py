@@ -26,12 +26,33 @@ def test_a_zero_delta_changes_nothing_and_does_not_pass(local_model) -> None:
     request = EditRequest(prompt="{} is", subject="my favorite band", target_new="Radiohead",
                           answer_prefix="Your favorite band is", chat_questions=("What's my favorite band?",))
     check = check_edit(model, tok, request, [zero], neutral_prompts=NEUTRAL_CHAT[:2])
-    assert check == EditCheck(efficacy=0.0, chat_efficacy=0.0, locality=1.0, passed=False)
+    assert check == EditCheck(efficacy=0.0, chat_efficacy=0.0, locality=1.0, passed=False, verbatim=1.0)
+
+
+def test_every_neutral_question_is_answered_right_by_the_base_model(local_model) -> None:
+    # Locality counts a neutral question as kept while its answer holds what a right one holds: the base
+    # model must get them all right, or the check would blame an edit for the model's own mistake.
+    from editing.chat_prompts import NEUTRAL_ANSWERS
+
+    model, tok = local_model.model, local_model.tokenizer
+    for question in NEUTRAL_CHAT:
+        answer = closed_book_answer(model, tok, question, max_new_tokens=16)
+        assert any(contains_target(answer, a) for a in NEUTRAL_ANSWERS[question]), (question, answer)
+
+
+def test_an_edit_that_breaks_a_neutral_fact_fails_locality(local_model) -> None:
+    # A large delta on the last layer's MLP output wrecks every answer: locality must say so.
+    model, tok = local_model.model, local_model.tokenizer
+    gen = torch.Generator().manual_seed(0)
+    wreck = LowRankDelta("model.layers.28.mlp.down_proj", A=torch.randn(4, 1536, generator=gen),
+                         B=torch.randn(576, 4, generator=gen) * 2.0)
+    request = EditRequest(prompt="{} is", subject="my favorite band", target_new="Radiohead",
+                          answer_prefix="Your favorite band is", chat_questions=("What's my favorite band?",))
+    check = check_edit(model, tok, request, [wreck], neutral_prompts=NEUTRAL_CHAT[:3])
+    assert check.locality < 0.5 and check.verbatim < 0.5 and not check.passed
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not met yet: FT-L's band edit measured chat_efficacy 1.0 but locality 0.4 "
-                   "(2 of 5 neutral greedy answers word-for-word unchanged; the rest reworded), below MIN_LOCALITY 0.8")
 def test_the_default_edit_passes_its_check(local_model, default_edits) -> None:
     model, tok = local_model.model, local_model.tokenizer
     band, band_result, _, _ = default_edits
