@@ -23,18 +23,18 @@ __all__ = ["NEUTRAL_CHAT", "NEUTRAL_ANSWERS", "render_question", "chat_form_requ
 NEUTRAL_CHAT: tuple[str, ...] = (
     "What is the capital of France?",
     "How many days are there in a week?",
-    "How many legs does a spider have?",
+    "What is the capital of Japan?",
     "Who wrote Romeo and Juliet?",
-    "What color is the sky on a clear day?",
+    "What is the chemical symbol for water?",
 )
 # What a correct answer to each neutral question contains (any of them; SmolLM2's base answers do). An edit
 # keeps a neutral question when its answer still does — rewording is allowed, losing the fact is not.
 NEUTRAL_ANSWERS: dict[str, tuple[str, ...]] = {
     "What is the capital of France?": ("Paris",),
     "How many days are there in a week?": ("seven", "7"),
-    "How many legs does a spider have?": ("eight", "8"),
+    "What is the capital of Japan?": ("Tokyo",),
     "Who wrote Romeo and Juliet?": ("Shakespeare",),
-    "What color is the sky on a clear day?": ("blue",),
+    "What is the chemical symbol for water?": ("H2O",),
 }
 
 

@@ -117,9 +117,18 @@ def _about_the_user(fact: Any) -> bool:
     return subject in _USER_SUBJECTS or (isinstance(user_id, str) and subject == user_id.strip().casefold())
 
 
+# Relations a user has several values of at once (two pets, two allergies): each value is its own slot.
+_ACCUMULATING = frozenset({"has_pet", "allergic_to"})
+
+
 def slot_key_of(fact: Any) -> str:
-    """``"subject|relation|category"`` (lower case): the slot a later value of the same fact replaces."""
-    return "|".join((str(fact.subject).casefold(), str(fact.relation), (fact.category or "").casefold()))
+    """``"subject|relation|category"`` (lower case): the slot a later value of the same fact replaces; for an
+    accumulating relation (``has_pet``, ``allergic_to``) the value is part of the slot, so a second pet adds
+    an edit instead of replacing the first."""
+    parts = [str(fact.subject).casefold(), str(fact.relation), (fact.category or "").casefold()]
+    if fact.relation in _ACCUMULATING:
+        parts.append(str(fact.object).strip().casefold())
+    return "|".join(parts)
 
 
 def edit_request_for(fact: Any, *, min_confidence: float = MIN_CONFIDENCE) -> EditRequest | None:

@@ -52,6 +52,15 @@ def test_every_template_makes_a_valid_request_with_held_out_questions(relation: 
     assert request.paraphrases
 
 
+def test_memory_names_the_user_by_id_and_every_pet_is_its_own_slot() -> None:
+    # pllm's memory writes the user's own facts with subject == user id ("u1"), not "user".
+    own = edit_request_for(fact("lives_in", "Lisbon", subject="u1"))
+    assert own is not None and own.target_new == "Lisbon" and own.key == "u1|lives_in|"
+    assert edit_request_for(fact("lives_in", "Lisbon", subject="kim")) is None  # someone else
+    rex, mochi = edit_request_for(fact("has_pet", "Rex")), edit_request_for(fact("has_pet", "Mochi"))
+    assert rex is not None and mochi is not None and rex.key != mochi.key  # a second pet adds, never replaces
+
+
 def test_facts_that_should_not_be_edited_give_none() -> None:
     assert edit_request_for(fact("lives_in", "Lisbon", confidence=0.5)) is None  # too uncertain
     assert edit_request_for(fact("lives_in", "Lisbon", confidence=0.7), min_confidence=0.8) is None
