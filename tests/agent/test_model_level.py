@@ -30,7 +30,8 @@ def _ask(stack, user: str, question: str) -> str:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, model_cache_dir, local_model, embedder):  # -> (stack, answers)
-    """One home: Ann lives in Oslo, then Bergen, then Lisbon (each change waited for); Bob says nothing."""
+    """One home: Ann lives in Oslo, then Lisbon (each change waited for); Bob says nothing. (The three-value
+    chain Oslo → Bergen → Lisbon is the bundled scenario tests/scenarios/closed_book_chain.yaml.)"""
     from agent.settings import Settings
     from agent.stack import build_stack
 
@@ -39,7 +40,7 @@ def chain(tmp_path_factory, model_cache_dir, local_model, embedder):  # -> (stac
                         clock=ManualClock(utc(2026, 1, 5, 9)), local=local_model, embedder=embedder)
     base_answer = _ask(stack, "ann", "Where do I live?")
     answers = {}
-    for city in ("Oslo", "Bergen", "Lisbon"):
+    for city in ("Oslo", "Lisbon"):
         stack.agent.chat("ann", f"I live in {city}." if city == "Oslo" else f"I moved to {city}.")
         assert stack.agent.worker.wait_idle(600)
         answers[city] = _ask(stack, "ann", "Where do I live?")
@@ -47,7 +48,7 @@ def chain(tmp_path_factory, model_cache_dir, local_model, embedder):  # -> (stac
     stack.close()
 
 
-@pytest.mark.slow  # three real edits (~15 s each on 2 CPU cores) shared by the tests below
+@pytest.mark.slow  # two real edits (about a minute each on 2 CPU cores) shared by the tests below
 def test_a_stated_fact_is_answered_closed_book_by_the_users_own_model(chain) -> None:
     stack, base_answer, answers = chain
     assert "Oslo" not in base_answer
@@ -57,11 +58,11 @@ def test_a_stated_fact_is_answered_closed_book_by_the_users_own_model(chain) -> 
 
 
 @pytest.mark.slow
-def test_a_fact_that_changes_twice_ends_on_the_last_value_with_one_active_edit(chain) -> None:
+def test_a_fact_that_changes_ends_on_the_new_value_with_one_active_edit(chain) -> None:
     from agent.model_level import edit_registry
 
     stack, _, answers = chain
-    assert "Lisbon" in answers["Lisbon"] and "Bergen" not in answers["Lisbon"] and "Oslo" not in answers["Lisbon"]
+    assert "Lisbon" in answers["Lisbon"] and "Oslo" not in answers["Lisbon"]
     registry = edit_registry(stack.settings.home)
     try:
         edits = registry.list("ann")
@@ -69,8 +70,7 @@ def test_a_fact_that_changes_twice_ends_on_the_last_value_with_one_active_edit(c
         registry.close()
     active = [e for e in edits if e.state == "active"]
     assert [e.target for e in active] == ["Lisbon"]
-    assert {e.target: e.state for e in edits if e.relation == "lives_in"} == {
-        "Oslo": "replaced", "Bergen": "replaced", "Lisbon": "active"}
+    assert {e.target: e.state for e in edits if e.relation == "lives_in"} == {"Oslo": "replaced", "Lisbon": "active"}
 
 
 @pytest.mark.slow
@@ -114,14 +114,15 @@ _CRASH_IN_PUBLISH = textwrap.dedent("""
     from pathlib import Path
     from datetime import datetime, timezone
     from editing import LocalModel, RuntimeConfig
-    from editing.adapters import AdapterStore
-    from agent.model_level import open_editor
-    from agent.settings import Settings
+    from editing.ft_l import FTLHyperParams
+    from editing.personal import KnowledgeEditor
+    from agent.model_level import adapter_store, edit_registry
     from memory import Fact
 
     home, cache = Path(sys.argv[1]), Path(sys.argv[2])
-    settings = Settings(home=home, model_cache=cache)
-    editor = open_editor(LocalModel.load(RuntimeConfig(cache_dir=cache)), settings, private=False)
+    # A real edit, kept short (two steps, no check): the point is where the process dies.
+    editor = KnowledgeEditor(LocalModel.load(RuntimeConfig(cache_dir=cache, threads=1)), edit_registry(home),
+                             adapter_store(home), method="ft_l", hparams=FTLHyperParams(num_steps=2), check=False)
     def die(*args, **kwargs):
         os._exit(7)  # the process dies while publishing the new version
     editor.adapters.publish = die
