@@ -106,29 +106,31 @@ def default_hparams(lm: Any, method: str) -> Any:
     return hparams
 
 
-def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[float]]:
-    """Edit each case alone (its deltas hooked in only while it is scored): post scores, wall seconds per edit.
+def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[float], list[float]]:
+    """Edit each case alone (its deltas hooked in only while it is scored): post scores, then wall and CPU
+    seconds per edit.
 
-    The seconds are the whole call of the method (context prefixes, statistics look-ups and all), not only
-    the part a method reports in its own metrics.
+    The seconds are the whole call of the method, not only the part a method reports in its own metrics.
+    CPU seconds (this process) are given beside the wall time because a shared machine stretches the latter.
     """
     from editing import apply_deltas, get_method
 
     compute = get_method(method).compute
-    post, seconds = [], []
+    post, wall, cpu = [], [], []
     for case in cases:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         [result] = compute(lm.model, lm.tokenizer, [case.request], hparams)
-        seconds.append(time.perf_counter() - t0)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         with apply_deltas(lm.model, result.deltas):
             post.append(score(lm.model, lm.tokenizer, case))
-    return post, seconds
+    return post, wall, cpu
 
 
 def run_edits(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[dict], list[float]]:
     """Pre scores, then :func:`edit_each`: (pre, post, seconds)."""
     pre = score_all(lm, cases)
-    post, seconds = edit_each(lm, cases, method, hparams)
+    post, seconds, _ = edit_each(lm, cases, method, hparams)
     return pre, post, seconds
 
 
