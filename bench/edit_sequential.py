@@ -6,7 +6,7 @@ user's edits accumulate in the agent. At the end, with all N deltas in place: ef
 unchanged from the base model) and the perplexity of a fixed neutral text, as a ratio to the base model's.
 Figures are percentages; the unedited model's figures are printed beside them.
 
-    python bench/edit_sequential.py [DATA] [--n 50] [--method rome] [--threads 1] [--json]
+    python bench/edit_sequential.py [DATA] [--n 50] [--method rome] [--stats-dir DIR] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def merged_keys(results: Sequence[Any]) -> Mapping[str, torch.Tensor]:
     return {module: torch.cat(ks) for module, ks in keys.items()}
 
 
-def edit_in_sequence(lm: Any, cases: Sequence[Any], method: str) -> tuple[list[Any], list[float]]:
-    """Each case's edit computed with all earlier deltas hooked in and their keys preserved."""
+def edit_in_sequence(lm: Any, cases: Sequence[Any], method: str, stats: Any = None) -> tuple[list[Any], list[float]]:
+    """Each case's edit computed with all earlier deltas hooked in and their keys preserved (``stats``: C)."""
     from editing import apply_deltas, get_method
 
     entry = get_method(method)
@@ -79,7 +79,7 @@ def edit_in_sequence(lm: Any, cases: Sequence[Any], method: str) -> tuple[list[A
     for i, case in enumerate(cases):
         t0, c0 = time.perf_counter(), time.process_time()
         with apply_deltas(lm.model, [d for r in results for d in r.deltas]):
-            [result] = entry.compute(lm.model, lm.tokenizer, [case.request], hparams,
+            [result] = entry.compute(lm.model, lm.tokenizer, [case.request], hparams, stats=stats,
                                      preserve=merged_keys(results) or None)
         seconds.append(time.perf_counter() - t0)
         results.append(result)
@@ -94,9 +94,11 @@ def main() -> None:
     p.add_argument("--method", default="rome", help="editing method, by name (editing.METHODS)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--cache-dir", type=Path, default=Path(".pllm-home") / "models")
+    p.add_argument("--stats-dir", type=Path, default=None,
+                   help="use key statistics C = E[kkᵀ] cached here (measured on first use; default: none, C isotropic)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from editing import METHODS, LocalModel, RuntimeConfig, apply_deltas
+    from editing import METHODS, LocalModel, RuntimeConfig, SecondMoments, apply_deltas
 
     if args.method not in METHODS:
         sys.exit(f"unknown editing method {args.method!r}; known: {sorted(METHODS)}")
@@ -104,7 +106,10 @@ def main() -> None:
     lm = LocalModel.load(RuntimeConfig(cache_dir=args.cache_dir, threads=args.threads))
     pre = score_all(lm, cases)
     ppl_base = perplexity(lm.model, lm.tokenizer, NEUTRAL_TEXT)
-    results, seconds = edit_in_sequence(lm, cases, args.method)
+    stats = None
+    if args.stats_dir is not None:
+        stats = SecondMoments(lm.model, lm.tokenizer, model_id=lm.model_id, cache_dir=args.stats_dir)
+    results, seconds = edit_in_sequence(lm, cases, args.method, stats)
     with apply_deltas(lm.model, [d for r in results for d in r.deltas]):
         post = score_all(lm, cases)
         ppl_edited = perplexity(lm.model, lm.tokenizer, NEUTRAL_TEXT)
@@ -115,7 +120,8 @@ def main() -> None:
             ("locality (%)", "100.0", f"{100 * after['locality']:.1f}"),
             ("neutral-text perplexity", f"{ppl_base:.2f}", f"{ppl_edited:.2f}"),
             ("s per edit (mean)", "", f"{sum(seconds) / len(seconds):.2f}")]
-    print_table(f"{len(cases)} sequential {args.method} edits on {lm.model_id} ({skipped} cases skipped)",
+    with_stats = "with key statistics" if stats else "no key statistics"
+    print_table(f"{len(cases)} sequential {args.method} edits on {lm.model_id}, {with_stats} ({skipped} cases skipped)",
                 ["figure", "unedited", f"after all {len(cases)} edits"], rows)
     emit_json({"n": len(cases), "efficacy": round(100 * after["efficacy"], 1),
                "locality": round(100 * after["locality"], 1), "ppl_ratio": round(ppl_ratio, 4)})
