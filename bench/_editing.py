@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,16 +90,50 @@ def aggregate(pre: Sequence[dict[str, Any]], post: Sequence[dict[str, Any]]) -> 
     return after, before
 
 
-def run_edits(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[dict], list[float]]:
-    """Edit each case alone (its deltas hooked in only while it is scored): pre scores, post scores, seconds."""
+def score_all(lm: Any, cases: Sequence[Case]) -> list[dict[str, Any]]:
+    """Every case's figures on the model as it runs now."""
+    return [score(lm.model, lm.tokenizer, case) for case in cases]
+
+
+def default_hparams(lm: Any, method: str) -> Any:
+    """The method's default hyper-parameters, with ROME-style context prefixes generated once for all edits."""
+    from editing import METHODS, with_fixed_prefixes
+    from editing.rome.hparams import ValueHyperParams
+
+    hparams = METHODS[method].hparams()
+    if isinstance(hparams, ValueHyperParams):
+        hparams = with_fixed_prefixes(lm.model, lm.tokenizer, hparams)
+    return hparams
+
+
+def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[float], list[float]]:
+    """Edit each case alone (its deltas hooked in only while it is scored): post scores, then wall and CPU
+    seconds per edit.
+
+    The seconds are the whole call of the method, not only the part a method reports in its own metrics.
+    CPU seconds (this process) are given beside the wall time because a shared machine stretches the latter.
+    """
     from editing import apply_deltas, get_method
 
     compute = get_method(method).compute
-    pre, post, seconds = [], [], []
+    post, wall, cpu = [], [], []
     for case in cases:
-        pre.append(score(lm.model, lm.tokenizer, case))
+        t0, c0 = time.perf_counter(), time.process_time()
         [result] = compute(lm.model, lm.tokenizer, [case.request], hparams)
-        seconds.append(result.metrics["seconds"])
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         with apply_deltas(lm.model, result.deltas):
             post.append(score(lm.model, lm.tokenizer, case))
+    return post, wall, cpu
+
+
+def run_edits(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[dict], list[float]]:
+    """Pre scores, then :func:`edit_each`: (pre, post, seconds)."""
+    pre = score_all(lm, cases)
+    post, seconds, _ = edit_each(lm, cases, method, hparams)
     return pre, post, seconds
+
+
+def percent(figures: dict[str, float], keys: Sequence[str] = ("efficacy", "generalization", "locality")) -> dict[str, float]:
+    """The named shares (0-1) as percentages (0-100), one decimal."""
+    return {k: round(100 * figures[k], 1) for k in keys}

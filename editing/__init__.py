@@ -14,7 +14,7 @@ from editing.memit import MEMITHyperParams, compute_memit
 from editing.methods import METHODS, Method, get_method
 from editing.model_cache import cache_state, cached_folder_for, ensure_converted, locate_packaged_gguf
 from editing.requests import EditRequest, EditResult, LowRankDelta
-from editing.rome import ROMEHyperParams, compute_rome
+from editing.rome import ROMEHyperParams, compute_rome, with_fixed_prefixes
 from editing.runtime import ChatTurn, LocalModel, RuntimeConfig
 from editing.stats import SecondMoments
 
@@ -51,4 +51,5 @@ __all__ = [
     "load_lora",
     "locate_packaged_gguf",
     "save_lora",
+    "with_fixed_prefixes",
 ]

@@ -29,7 +29,7 @@ from editing.memit.hparams import MEMITHyperParams
 from editing.requests import EditRequest, EditResult, LowRankDelta
 from editing.rome.compute_u import compute_key, subject_representations
 from editing.rome.compute_v import TargetValue, compute_v
-from editing.rome.prompts import context_prefixes
+from editing.rome.prompts import prefixes_for
 from editing.rome.rome_main import checked_requests
 from editing.stats import SecondMoments, key_covariance, preserved_outer
 
@@ -54,7 +54,7 @@ def compute_memit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase"
         find_module(model, name)
     t0 = time.perf_counter()
     with inference_mode_of(model):
-        prefixes = context_prefixes(model, tokenizer, hparams.context_template_lengths, seed=hparams.context_seed)
+        prefixes = prefixes_for(model, tokenizer, hparams)
         values = [compute_v(model, tokenizer, r, hparams, module=z_module, prefixes=prefixes) for r in requests]
         z_star = torch.stack([v.v_star for v in values])  # (n, d)
         shares: list[list[LowRankDelta]] = [[] for _ in requests]

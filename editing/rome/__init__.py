@@ -5,6 +5,7 @@ One file per step of the paper: :mod:`~editing.rome.hparams`, :mod:`~editing.rom
 """
 
 from editing.rome.hparams import ROMEHyperParams, ValueHyperParams
+from editing.rome.prompts import with_fixed_prefixes
 from editing.rome.rome_main import compute_rome
 
-__all__ = ["ROMEHyperParams", "ValueHyperParams", "compute_rome"]
+__all__ = ["ROMEHyperParams", "ValueHyperParams", "compute_rome", "with_fixed_prefixes"]

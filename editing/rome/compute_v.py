@@ -33,8 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["TargetValue", "compute_v"]
 
-EARLY_STOP_NLL = 5e-2  # the target is already ≈ 95 % likely: more steps only grow δ
-
 
 @dataclass(frozen=True)
 class TargetValue:
@@ -55,11 +53,8 @@ class _Batch:
     ids: torch.Tensor  # (R + 1, T) rewriting prompts, then the essence prompt
     mask: torch.Tensor
     subject_last: list[int]  # per row
-    target_rows: torch.Tensor  # (R · n_target,) row of each predicted target token
-    target_cols: torch.Tensor  # position whose logits predict it
-    target_tokens: torch.Tensor  # the token
-    kl_row: int
-    kl_col: int
+    scored: torch.Tensor  # (R + 1, T) bool: the positions whose logits are scored — R · n_target, then 1
+    target_tokens: torch.Tensor  # (R · n_target,) the token each scored rewriting position must predict
 
 
 def _batch(tokenizer: "PreTrainedTokenizerBase", request: EditRequest, prefixes: Sequence[str], kl_prompt: str,
@@ -69,24 +64,22 @@ def _batch(tokenizer: "PreTrainedTokenizerBase", request: EditRequest, prefixes:
     essence = encode_at_subject(tokenizer, "", kl_prompt, request.subject)
     rows = [e.ids + target[:-1] for e in rewrite] + [essence.ids]
     ids, mask = pad_batch(rows, device)
-    t_rows, t_cols, t_tok = [], [], []
+    scored = torch.zeros_like(mask, dtype=torch.bool)
     for r, e in enumerate(rewrite):
-        for j, tok in enumerate(target):
-            t_rows.append(r)
-            t_cols.append(len(e.ids) - 1 + j)  # logits at position p predict token p + 1
-            t_tok.append(tok)
-    as_tensor = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
-    return _Batch(ids, mask, [e.subject_last for e in rewrite] + [essence.subject_last],
-                  as_tensor(t_rows), as_tensor(t_cols), as_tensor(t_tok), len(rewrite), len(essence.ids) - 1)
+        scored[r, len(e.ids) - 1: len(e.ids) - 1 + len(target)] = True  # logits at p predict token p + 1
+    scored[len(rewrite), len(essence.ids) - 1] = True  # the essence prompt's next token
+    return _Batch(ids, mask, [e.subject_last for e in rewrite] + [essence.subject_last], scored,
+                  torch.tensor(target * len(rewrite), device=device))
 
 
 def _losses(model: "PreTrainedModel", b: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean target NLL over rewriting prompts, log-probs of the essence prompt's next token (V,))."""
-    logits = model(input_ids=b.ids, attention_mask=b.mask).logits  # (R + 1, T, V)
-    # Normalise only the positions that are scored: the vocabulary is large, the prompts are not.
-    target_logp = torch.log_softmax(logits[b.target_rows, b.target_cols].float(), dim=-1)  # (R · n_target, V)
-    nll = -target_logp.gather(1, b.target_tokens[:, None]).mean()
-    return nll, torch.log_softmax(logits[b.kl_row, b.kl_col].float(), dim=-1)
+    # Project only the scored positions onto the vocabulary (a boolean logits_to_keep, rows in order): the
+    # vocabulary is large, the prompts are not — this saves most of the LM head, forward and backward.
+    logits = model(input_ids=b.ids, attention_mask=b.mask, logits_to_keep=b.scored).logits  # (R · n_target + 1, V)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nll = -logp[:-1].gather(1, b.target_tokens[:, None]).mean()
+    return nll, logp[-1]
 
 
 def compute_v(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request: EditRequest,
@@ -105,13 +98,13 @@ def compute_v(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", re
     max_norm = hparams.clamp_norm_factor * v_init.norm()
     steps = 0  # Adam updates made
     with add_at_positions(model, module, delta, b.subject_last):
-        for _ in range(hparams.v_num_grad_steps):
+        while True:  # one forward per step; the last forward (no update after it) gives nll_after
             nll, essence = _losses(model, b)
+            if steps == hparams.v_num_grad_steps or nll.item() < hparams.v_stop_nll:
+                break  # out of steps, or the target is likely enough: more steps would only grow δ
             kl = F.kl_div(essence, kl_ref, log_target=True, reduction="sum")  # KL(before ‖ after)
             decay = hparams.v_weight_decay * (delta.norm() / v_init.norm()) ** 2
             loss = nll + hparams.kl_factor * kl + decay
-            if nll.item() < EARLY_STOP_NLL:
-                break
             # Gradient for δ only: the model's parameters get no .grad and are never updated.
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             optimizer.step()
@@ -119,7 +112,4 @@ def compute_v(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", re
             with torch.no_grad():
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
-        with torch.no_grad():
-            nll_after, _ = _losses(model, b)
-    return TargetValue(delta.detach(), v_init, float(nll_before), float(nll_after), steps,
-                       time.perf_counter() - t0)
+    return TargetValue(delta.detach(), v_init, float(nll_before), float(nll.detach()), steps, time.perf_counter() - t0)

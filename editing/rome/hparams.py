@@ -27,12 +27,16 @@ class ValueHyperParams:
     # Method
     v_num_grad_steps: int = 20  # Adam steps on the delta vector (stops early once the target is likely)
     v_lr: float = 0.5
+    v_stop_nll: float = 5e-2  # stop once the mean target NLL per token is below this (≈ 95 % likely)
     v_weight_decay: float = 1e-3  # on (‖δ‖ / ‖v_init‖)²
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor · ‖v_init‖
     kl_factor: float = 0.0625  # weight of KL(before ‖ after) on the "essence" prompt
     kl_prompt: str = "{} is a"  # the essence prompt: what the subject is must not change
     context_template_lengths: tuple[tuple[int, int], ...] = ((5, 4),)  # (tokens, count) of generated prefixes
     context_seed: int = 0
+    # The prefixes themselves, when fixed ("" first): a caller that makes many edits generates them once
+    # (:func:`editing.rome.prompts.with_fixed_prefixes`) instead of once per call. Empty: generate per call.
+    context_prefixes: tuple[str, ...] = ()
     # Module templates
     rewrite_module_tmp: str = "model.layers.{}.mlp.down_proj"  # the matrix W that is edited; keys = its input
     layer_module_tmp: str = "model.layers.{}"  # a whole block; its output is the residual stream
@@ -44,6 +48,7 @@ class ValueHyperParams:
 
     def __post_init__(self) -> None:
         _check(self.v_num_grad_steps >= 1, f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}")
+        _check(self.v_stop_nll >= 0, f"v_stop_nll must be >= 0, got {self.v_stop_nll}")
         _check(self.v_lr > 0, f"v_lr must be > 0, got {self.v_lr}")
         _check(self.clamp_norm_factor > 0, f"clamp_norm_factor must be > 0, got {self.clamp_norm_factor}")
         _check(min(self.kl_factor, self.v_weight_decay, self.mom2_ridge, self.preserve_weight) >= 0,
@@ -54,6 +59,9 @@ class ValueHyperParams:
             _check(value.count("{}") == 1, f"{name} needs exactly one '{{}}' for the layer, got {value!r}")
         _check(all(n >= 1 and c >= 0 for n, c in self.context_template_lengths),
                f"context_template_lengths are (tokens >= 1, count >= 0) pairs, got {self.context_template_lengths}")
+        object.__setattr__(self, "context_prefixes", tuple(self.context_prefixes))
+        _check(not self.context_prefixes or self.context_prefixes[0] == "",
+               f"context_prefixes must start with the empty prefix \"\", got {self.context_prefixes[:1]}")
         _check(self.mom2_n_tokens >= 1, f"mom2_n_tokens must be >= 1, got {self.mom2_n_tokens}")
 
 
@@ -63,6 +71,12 @@ class ROMEHyperParams(ValueHyperParams):
 
     # Method
     layer: int = 4  # SmolLM2-135M: layer 4 (NOTES.md: 8 and 15 leaked into neighbours); bench/edit_layers.py
+    # Faster v* for ROME (MEMIT keeps the shared defaults). SmolLM2, the same 12 CounterFact cases, 1 thread on a
+    # loaded 2-core machine: 4 prefixes, lr 0.5, stop at NLL 0.05 → 27.5 s per edit, efficacy / generalization /
+    # locality 100 / 100 / 100 %; 2 prefixes, lr 1.0, stop at 0.2 → 8.1 s, 100 / 100 / 91.7 %.
+    v_lr: float = 1.0
+    v_stop_nll: float = 0.2
+    context_template_lengths: tuple[tuple[int, int], ...] = ((5, 2),)
 
     def __post_init__(self) -> None:
         super().__post_init__()

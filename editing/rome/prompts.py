@@ -7,19 +7,25 @@ the key over a few such prefixes so the edit does not depend on the exact words 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from editing.errors import InvalidRequest
+from editing.hooks import inference_mode_of
 from editing.requests import EditRequest
 from editing.sampling import sample_texts
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["CONTEXT_STARTS", "Encoded", "context_prefixes", "encode_at_subject", "target_ids", "pad_batch", "request_encodings"]
+    from editing.rome.hparams import ValueHyperParams
+
+H = TypeVar("H", bound="ValueHyperParams")
+
+__all__ = ["CONTEXT_STARTS", "Encoded", "context_prefixes", "prefixes_for", "with_fixed_prefixes", "encode_at_subject",
+           "target_ids", "pad_batch", "request_encodings"]
 
 # The words ROME starts its generated context prefixes from.
 CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")
@@ -40,6 +46,23 @@ def context_prefixes(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBa
         texts = sample_texts(model, tokenizer, starts, n_tokens, seed=seed + n_tokens)
         prefixes += [" ".join(t.split()) + ". " for t in texts]
     return prefixes
+
+
+def prefixes_for(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                 hparams: "ValueHyperParams") -> list[str]:
+    """``hparams.context_prefixes`` when fixed, else freshly generated from ``context_template_lengths``."""
+    if hparams.context_prefixes:
+        return list(hparams.context_prefixes)
+    return context_prefixes(model, tokenizer, hparams.context_template_lengths, seed=hparams.context_seed)
+
+
+def with_fixed_prefixes(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", hparams: H) -> H:
+    """``hparams`` with its context prefixes generated once, so later calls with it skip that step.
+
+    The prefixes are the same for every edit on one model; generating them takes several forward passes.
+    """
+    with inference_mode_of(model):
+        return replace(hparams, context_prefixes=tuple(prefixes_for(model, tokenizer, hparams)))
 
 
 def encode_at_subject(tokenizer: "PreTrainedTokenizerBase", prefix: str, prompt: str, subject: str) -> Encoded:

@@ -25,7 +25,7 @@ from editing.requests import EditRequest, EditResult, LowRankDelta
 from editing.rome.compute_u import compute_key, compute_u
 from editing.rome.compute_v import compute_v
 from editing.rome.hparams import ROMEHyperParams
-from editing.rome.prompts import context_prefixes
+from editing.rome.prompts import prefixes_for
 from editing.stats import SecondMoments, key_covariance, preserved_outer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,7 +62,7 @@ def compute_rome(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     find_module(model, module), find_module(model, mlp)  # clear errors before any work
     results: list[EditResult] = []
     with inference_mode_of(model):
-        prefixes = context_prefixes(model, tokenizer, hparams.context_template_lengths, seed=hparams.context_seed)
+        prefixes = prefixes_for(model, tokenizer, hparams)
         for request in requests:
             t0 = time.perf_counter()
             with apply_deltas(model, [d for r in results for d in r.deltas]):

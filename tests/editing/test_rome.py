@@ -102,3 +102,54 @@ def test_rome_with_statistics_and_a_preserved_key(tiny_llama, smol_tokenizer, tm
     for result in (free, kept):
         with apply_deltas(tiny_llama, result.deltas):
             assert greedy_next(tiny_llama, smol_tokenizer, TINY_REQUEST.text).strip() == "Paris"
+
+
+def test_v_stop_nll_ends_the_optimisation_once_the_target_is_likely(tiny_llama, smol_tokenizer) -> None:
+    # The reported nll_after is the target's NLL with the final δ, whichever way the loop ended.
+    [full] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST], ROMEHyperParams(layer=1, **TINY_VALUE))
+    stop_at = (full.metrics["nll_before"] + full.metrics["nll_after"]) / 2  # reached half way, or sooner
+    [early] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST],
+                           ROMEHyperParams(layer=1, **{**TINY_VALUE, "v_stop_nll": stop_at}))
+    assert 1 <= early.metrics["steps"] < full.metrics["steps"]
+    assert full.metrics["nll_after"] < early.metrics["nll_after"] < stop_at
+    [none] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST],
+                          ROMEHyperParams(layer=1, **{**TINY_VALUE, "v_stop_nll": 1e9}))
+    assert none.metrics["steps"] == 0 and none.metrics["delta_norm"] == 0
+    assert none.metrics["nll_after"] == pytest.approx(none.metrics["nll_before"])
+    with pytest.raises(InvalidRequest, match="v_stop_nll"):
+        ROMEHyperParams(v_stop_nll=-1.0)
+
+
+@pytest.mark.slow
+def test_real_smollm2_sequential_edits_all_hold_together(local_model, one_thread) -> None:
+    # A user's edits accumulate: each is computed with the earlier ones hooked in and their keys preserved.
+    model, tok = local_model.model, local_model.tokenizer
+    requests = [EditRequest(prompt="{} lives in the city of", subject="Sam Miller", target_new="Paris"),
+                EditRequest(prompt="{} plays the", subject="Ana Lopez", target_new="violin"),
+                EditRequest(prompt="The favorite food of {} is", subject="Tom Berg", target_new="sushi")]
+    unrelated = "The capital of Japan is"
+    unrelated_before = greedy_next(model, tok, unrelated, n=4)
+    results = []
+    for request in requests:
+        earlier = [d for r in results for d in r.deltas]
+        preserve = {m: torch.cat([r.keys[m] for r in results]) for m in results[0].keys} if results else None
+        with apply_deltas(model, earlier):
+            results += compute_rome(model, tok, [request], ROMEHyperParams(), preserve=preserve)
+    with apply_deltas(model, [d for r in results for d in r.deltas]):
+        for request in requests:
+            assert greedy_next(model, tok, request.text, n=2).strip().startswith(request.target_new), request
+        assert greedy_next(model, tok, unrelated, n=4) == unrelated_before
+
+
+def test_prefixes_fixed_once_give_the_same_edit_as_generating_them_per_call(tiny_llama, smol_tokenizer) -> None:
+    from editing.rome import with_fixed_prefixes
+
+    hp = ROMEHyperParams(layer=1, **TINY_VALUE)
+    fixed = with_fixed_prefixes(tiny_llama, smol_tokenizer, hp)
+    assert fixed.context_prefixes[0] == "" and len(fixed.context_prefixes) == 1 + 2  # TINY_VALUE: 2 generated
+    assert tiny_llama.training, "generating the prefixes must restore the caller's train/eval mode"
+    [generated] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST], hp)
+    [reused] = compute_rome(tiny_llama, smol_tokenizer, [TINY_REQUEST], fixed)
+    assert torch.allclose(generated.deltas[0].dense(), reused.deltas[0].dense(), atol=1e-6)
+    with pytest.raises(InvalidRequest, match="empty prefix"):
+        ROMEHyperParams(context_prefixes=("Once upon a time. ",))
