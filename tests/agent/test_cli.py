@@ -252,3 +252,44 @@ def test_demo_runs_three_sessions_and_replaces_the_preference(cli_env: dict[str,
     assert "memory - likes: espresso (no longer true)" in out and "memory + likes: green tea" in out
     session3 = out.split("session 3")[1]
     assert "I like green tea." in session3 and "I like espresso." not in session3
+
+
+def test_jobs_and_edit_lists_read_the_home_without_the_model(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    import torch
+
+    from agent.jobs import JobStore
+    from editing.requests import LowRankDelta
+    from editing.user_edits import EditRecord, EditRegistry
+
+    home, now = tmp_path / "home", datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
+    jobs = JobStore.under(home)
+    done = jobs.add("knowledge_edit", "ann", ["+ lives in: Oslo"], now)
+    jobs.finish(done, "done", now, detail="1 edit(s) added, published adapter v1")
+    failed = jobs.add("knowledge_edit", "bob", ["+ works as: nurse"], now)
+    jobs.finish(failed, "failed", now, error="JobRejected: 1 rejected by their check")
+    jobs.close()
+    registry = EditRegistry(home)
+    delta = LowRankDelta("model.layers.4.mlp.down_proj", torch.zeros(1, 8), torch.zeros(4, 1))
+    registry.save_tensors("ann", "edit_1", [delta], {})
+    registry.record([EditRecord("edit_1", "ann", "ann|lives_in|", "fact_1", "lives_in", "Oslo", "Where do I live?",
+                                "ft_l", "active", {"chat_efficacy": 1.0, "locality": 1.0, "seconds": 42.0})], now=now)
+    registry.close()
+    env = {"PLLM_HOME": str(home)}
+
+    listed = CliRunner().invoke(app, ["jobs", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(r["user"], r["state"]) for r in rows] == [("bob", "failed"), ("ann", "done")]  # newest first
+    assert "rejected by their check" in rows[0]["error"]
+    only_ann = CliRunner().invoke(app, ["jobs", "list", "--user", "ann"], env=env)
+    assert only_ann.exit_code == 0 and "adapter v1" in only_ann.output and "bob" not in only_ann.output
+
+    edits = CliRunner().invoke(app, ["edit", "list", "--user", "ann", "--json"], env=env)
+    assert edits.exit_code == 0, edits.output
+    doc = json.loads(edits.output)
+    assert doc["published_version"] is None  # recorded, but nothing was published in this home
+    assert [(e["target"], e["state"], e["metrics"]["chat_efficacy"]) for e in doc["edits"]] == [("Oslo", "active", 1.0)]
+    table = CliRunner().invoke(app, ["edit", "list", "--user", "ann"], env=env)
+    assert table.exit_code == 0 and "Oslo" in table.output and "active" in table.output
