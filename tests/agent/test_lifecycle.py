@@ -50,17 +50,21 @@ def test_export_forget_import_round_trip_covers_memory_threads_and_store(make_st
 
     doc = json.loads(json.dumps(agent.export("ana")))  # JSON all the way through
     assert doc["format"] == "pllm.user.export" and doc["version"] == 1 and doc["user_id"] == "ana"
-    assert set(doc["parts"]) == {"memory", "threads", "store"}
+    assert set(doc["parts"]) == {"memory", "threads", "store", "model"}
     assert [s["session_id"] for s in doc["parts"]["threads"]["sessions"]] == ["s1", "s2"]
+    # model_updates is off here: the knowledge-edit jobs were recorded as skipped, and they are ana's data too
+    model = doc["parts"]["model"]
+    assert model["edits"] == [] and model["jobs"] and {j["state"] for j in model["jobs"]} == {"skipped"}
 
     removed = stack.user_data.forget("ana")
     assert removed["threads"] == {"threads": 2} and removed["store"] == {"store_items": 1}
+    assert removed["model"] == {"edits": 0, "adapter_versions": 0, "jobs": len(model["jobs"])}
     assert removed["memory"]["episodes"] == 4
     with pytest.raises(NoUserData, match="nothing is stored about user 'ana'"):
         agent.export("ana")
     assert agent.last_turn("ana", "s1") == {} and store.get(("users", "anabel", "notes"), "n1") is not None
 
-    assert agent.import_(doc) == {"memory": 4, "threads": 4, "store": 1}
+    assert agent.import_(doc) == {"memory": 4, "threads": 4, "store": 1, "model": 0}  # edits are recomputed
     assert [m.content for m in agent.last_turn("ana", "s1")["messages"]] == before
     assert store.get(("users", "ana", "notes"), "n1").value == {"text": "waves at dawn"}
     turn = agent.chat("ana", "Where do I live?", session_id="s1")  # the conversation goes on where it was
