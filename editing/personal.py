@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -185,7 +186,6 @@ class KnowledgeEditor:
 
     def _compute(self, user_id: str, fact: Any, request: EditRequest, prior: Sequence[EditRecord]) -> EditRecord:
         from editing.checks import check_edit
-        from memory.records import new_id
 
         model, tokenizer = self.local.model, self.local.tokenizer
         prior_deltas, prior_keys = self._tensors(prior)
@@ -204,7 +204,7 @@ class KnowledgeEditor:
                 state = "rejected"
                 note = (f"chat efficacy {verdict.chat_efficacy:.2f}, locality {verdict.locality:.2f} "
                         "(below the check's bar)")
-        edit_id = new_id("edit")
+        edit_id = f"edit_{uuid.uuid4().hex}"  # editing/ does not import memory/: its own id, same shape
         if state == "active":
             self.registry.save_tensors(user_id, edit_id, result.deltas, result.keys)
         question = request.chat_questions[0] if request.chat_questions else request.text

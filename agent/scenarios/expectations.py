@@ -246,15 +246,7 @@ def check_reply(ctx: CheckContext, exp: ReplyExpect) -> Outcome:
         reply = _remembered_reply(ctx, user, exp.to)
     else:
         reply = probe_reply(ctx.stack, user, exp.to, session_id=ctx.session.session_id)
-    missing = [s for s in exp.contains if not _has(reply, s)]
-    none_of = list(exp.contains_any) if exp.contains_any and not any(_has(reply, s) for s in exp.contains_any) else []
-    present = [s for s in exp.not_contains if _has(reply, s)]
-    shown = repr(_short(reply, 160))
-    if not (missing or none_of or present):
-        return Outcome(True, f"reply {shown}")
-    why = ([f"missing {missing}"] if missing else []) + ([f"none of {none_of}"] if none_of else []) \
-        + ([f"found unwanted {present}"] if present else [])
-    return Outcome(False, f"{', '.join(why)} in reply {shown}")
+    return _texts_outcome(reply, exp.contains, exp.contains_any, exp.not_contains, "reply")
 
 
 def _remembered_reply(ctx: CheckContext, user: str, text: str) -> str:
