@@ -37,6 +37,13 @@ POOLS: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("has_pet", None): ("parrot", "hamster", "tortoise", "ferret", "rabbit", "iguana", "goldfish", "chinchilla"),
     ("from", None): ("Glasgow", "Porto", "Seville", "Bergen", "Lyon", "Gdansk", "Munich", "Bologna"),
     ("name", None): ("Priya", "Tomasz", "Amara", "Joaquin", "Ingrid", "Kenji", "Fatima", "Oskar"),
+    ("works_at", None): ("Siemens", "Nokia", "Spotify", "Lego", "Ikea", "Philips", "Heineken", "Zara"),
+    ("studies", None): ("biology", "history", "economics", "physics", "linguistics", "geology", "philosophy",
+                        "astronomy"),
+    ("partner", None): ("Marta", "Lukas", "Noor", "Elena", "Mateo", "Sofia", "Henrik", "Leila"),
+    ("favorite", "drink"): ("espresso", "lemonade", "kombucha", "matcha", "cider", "mojito", "chai", "horchata"),
+    ("favorite", "sport"): ("tennis", "rugby", "cricket", "volleyball", "curling", "badminton", "fencing", "rowing"),
+    ("allergic_to", None): ("peanuts", "shellfish", "pollen", "penicillin", "latex", "sesame", "gluten", "mustard"),
 }
 CHAIN_SLOTS = (("lives_in", None), ("favorite", "band"), ("favorite", "food"))
 
@@ -98,9 +105,18 @@ def eval_questions(slot: Slot) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------ methods
 
 def method_spec(name: str) -> tuple[str, Any, bool]:
-    """(registered method, hparams, chat-form requests?) for a bench method name."""
+    """(registered method, hparams, chat-form requests?) for a bench method name.
+
+    ``NAME:key=value,key=value`` overrides hyper-parameters (values as Python literals), e.g.
+    ``ft_l:lr=0.04,num_steps=8`` — a sweep in one run, beside the defaults.
+    """
+    import ast
+    import dataclasses
+
     from editing import MEMITHyperParams, ROMEHyperParams
     from editing.ft_l import FTLHyperParams
+
+    name, _, overrides = name.partition(":")
 
     specs = {
         "rome": ("rome", ROMEHyperParams(), False),  # (a) ROME on the plain prompt
@@ -111,7 +127,18 @@ def method_spec(name: str) -> tuple[str, Any, bool]:
     }
     if name not in specs:
         sys.exit(f"unknown bench method {name!r}; known: {sorted(specs)}")
-    return specs[name]
+    method, hparams, chat = specs[name]
+    changes = {}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            changes[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            sys.exit(f"override {item!r} of {name}: the value must be a Python literal (0.04, 8, (3, 4), None)")
+    try:
+        return method, dataclasses.replace(hparams, **changes), chat
+    except TypeError as exc:
+        sys.exit(f"bad override for {name}: {exc}")
 
 
 class UserModel:

@@ -109,6 +109,8 @@ class KnowledgeEditor:
         self.check = check
         self.clock = clock
         self._stats: Any = None
+        # The check's neutral answers by the set of edits in place (the "before" of the next edit's check).
+        self._neutral: dict[frozenset[str], tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -188,6 +190,7 @@ class KnowledgeEditor:
         from editing.checks import check_edit
 
         model, tokenizer = self.local.model, self.local.tokenizer
+        edit_id = f"edit_{uuid.uuid4().hex}"  # editing/ does not import memory/: its own id, same shape
         prior_deltas, prior_keys = self._tensors(prior)
         t0 = time.perf_counter()
         with apply_deltas(model, prior_deltas):
@@ -197,19 +200,26 @@ class KnowledgeEditor:
         metrics: dict[str, float] = {**result.metrics, "seconds": seconds}
         state, note = "active", ""
         if self.check:
-            with apply_deltas(model, prior_deltas):
-                verdict = check_edit(model, tokenizer, request, list(result.deltas))
+            in_place = frozenset(r.id for r in prior)
+            verdict = check_edit(model, tokenizer, request, list(result.deltas), prior=prior_deltas,
+                                 neutral_before=self._neutral.get(in_place))
+            self._remember_neutral(in_place, verdict.neutral_before)
+            self._remember_neutral(in_place | {edit_id}, verdict.neutral_after)
             metrics.update(efficacy=verdict.efficacy, chat_efficacy=verdict.chat_efficacy, locality=verdict.locality)
             if not verdict.passed:
                 state = "rejected"
                 note = (f"chat efficacy {verdict.chat_efficacy:.2f}, locality {verdict.locality:.2f} "
                         "(below the check's bar)")
-        edit_id = f"edit_{uuid.uuid4().hex}"  # editing/ does not import memory/: its own id, same shape
         if state == "active":
             self.registry.save_tensors(user_id, edit_id, result.deltas, result.keys)
         question = request.chat_questions[0] if request.chat_questions else request.text
         return EditRecord(edit_id, user_id, request.key, fact.id, fact.relation, request.target_new, question,
                           self.method.name, state, metrics, note)
+
+    def _remember_neutral(self, edits: frozenset[str], answers: tuple[str, ...]) -> None:
+        self._neutral[edits] = answers
+        while len(self._neutral) > 256:  # oldest first out
+            self._neutral.pop(next(iter(self._neutral)))
 
     # ------------------------------------------------------------------------------ user commands
 

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from editing.ft_l.hparams import FTLHyperParams
-from editing.chat_prompts import render_question
-from editing.ft_l.pairs import Rows, anchor_rows, training_rows
+from editing.ft_l.pairs import Rows, anchor_rows, chat_prefix_ids, training_rows
 from editing.hooks import apply_deltas, capture, find_module, inference_mode_of
 from editing.requests import EditRequest, EditResult, LowRankDelta
 from editing.rome.rome_main import checked_requests
@@ -66,14 +65,69 @@ def compute_ft_l(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     return results
 
 
-def _scored_logp(model: "PreTrainedModel", rows: Rows) -> torch.Tensor:
-    """``(S, V)`` log-probabilities at the scored positions (only those are normalised: V is large)."""
-    logits = model(input_ids=rows.ids, attention_mask=rows.mask).logits  # (N, T, V)
-    return torch.log_softmax(logits[rows.rows, rows.cols].float(), dim=-1)
+PrefixStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, heads, P, d)
 
 
-def _nll(logp: torch.Tensor, rows: Rows) -> torch.Tensor:
-    return -logp.gather(1, rows.tokens[:, None]).mean()
+@torch.no_grad()
+def _prefix_states(model: "PreTrainedModel", prefix: torch.Tensor | None) -> PrefixStates | None:
+    """The attention keys/values of the shared chat prefix under the model as it is now (earlier edits in)."""
+    from transformers import DynamicCache
+
+    if prefix is None:
+        return None
+    cache = DynamicCache()
+    model.base_model(input_ids=prefix, cache=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _head_logits(model: "PreTrainedModel", hidden: torch.Tensor) -> torch.Tensor | None:
+    """The LM head on chosen hidden states; None for models whose head does more than a projection."""
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    head = model.get_output_embeddings()
+    return None if head is None else head(hidden)
+
+
+def _scored_logp(model: "PreTrainedModel", rows: Rows, past: PrefixStates | None = None) -> torch.Tensor:
+    """``(S, V)`` log-probabilities at the scored positions only.
+
+    The body runs on the rows (after the shared prefix, whose states ``past`` are reused when given) and
+    the LM head only at the scored positions: the vocabulary is large, the scored positions few.
+    """
+    from transformers import DynamicCache
+
+    ids, mask, cols, cache = rows.ids, rows.mask, rows.cols, None
+    if rows.prefix is not None and past is None:
+        ids, mask, cols = rows.full()
+    elif rows.prefix is not None:
+        n, p = ids.shape[0], rows.prefix.shape[1]
+        cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in past])
+        mask = torch.cat([torch.ones(n, p, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=cache is not None)
+    logits = _head_logits(model, hidden.last_hidden_state[rows.rows, cols])
+    if logits is None:  # a head with soft-capping or scaling: the model's own forward
+        full_ids, full_mask, full_cols = rows.full()
+        logits = model(input_ids=full_ids, attention_mask=full_mask).logits[rows.rows, full_cols]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _group_logp(model: "PreTrainedModel", groups: Sequence[Rows], past: PrefixStates | None) -> torch.Tensor:
+    return torch.cat([_scored_logp(model, rows, past) for rows in groups])
+
+
+def _nll(logp: torch.Tensor, groups: Sequence[Rows]) -> torch.Tensor:
+    tokens = torch.cat([rows.tokens for rows in groups])
+    return -logp.gather(1, tokens[:, None]).mean()
+
+
+@torch.no_grad()
+def _min_margin(logp: torch.Tensor, groups: Sequence[Rows]) -> float:
+    """min over scored tokens of logp(token) − the best other logp: > 0 iff greedy reproduces every answer."""
+    tokens = torch.cat([rows.tokens for rows in groups])[:, None]
+    own = logp.gather(1, tokens)
+    other = logp.scatter(1, tokens, float("-inf")).max(dim=1, keepdim=True).values
+    return float((own - other).min())
 
 
 def _new_deltas(model: "PreTrainedModel", modules: Sequence[str], rank: int, seed: int) -> list[LowRankDelta]:
@@ -112,11 +166,16 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
          hparams: FTLHyperParams, modules: Sequence[str], preserve: Mapping[str, torch.Tensor]) -> EditResult:
     t0 = time.perf_counter()
     device = next(model.parameters()).device
-    train = training_rows(tokenizer, request, include_plain=hparams.include_plain_prompt, device=device)
-    anchors = anchor_rows(model, tokenizer, request, hparams.anchor_questions, hparams.anchor_answer_tokens)
+    # The shared chat prefix is computed once only when the delta provably leaves its states alone.
+    prefix = chat_prefix_ids(tokenizer) if hparams.template_null_space else []
+    train = training_rows(tokenizer, request, include_plain=hparams.include_plain_prompt, device=device,
+                          prefix=prefix)
+    anchors = anchor_rows(model, tokenizer, request, hparams.anchor_questions, hparams.anchor_answer_tokens,
+                          prefix=prefix)
+    past = _prefix_states(model, next((r.prefix for r in train + anchors if r.prefix is not None), None))
     with torch.no_grad():
-        anchor_ref = _scored_logp(model, anchors)  # (S_a, V) the answers as the model gives them now
-        nll_before = float(_nll(_scored_logp(model, train), train))
+        anchor_ref = _group_logp(model, anchors, past)  # (S_a, V) the answers as the model gives them now
+        nll_before = float(_nll(_group_logp(model, train, past), train))
     deltas = _new_deltas(model, modules, hparams.rank, hparams.seed)
     bases = _template_bases(model, tokenizer, modules) if hparams.template_null_space else {}
     _project(deltas, bases)
@@ -126,10 +185,11 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
     steps, nll = 0, torch.tensor(nll_before)
     with apply_deltas(model, deltas):
         for _ in range(hparams.num_steps):
-            nll = _nll(_scored_logp(model, train), train)
-            if nll.item() < hparams.stop_nll:
+            logp = _group_logp(model, train, past)
+            nll, margin = _nll(logp, train), _min_margin(logp, train)
+            if nll.item() < hparams.stop_nll or (hparams.stop_margin is not None and margin >= hparams.stop_margin):
                 break
-            kl = F.kl_div(_scored_logp(model, anchors), anchor_ref, log_target=True, reduction="batchmean")
+            kl = F.kl_div(_group_logp(model, anchors, past), anchor_ref, log_target=True, reduction="batchmean")
             loss = nll + hparams.kl_factor * kl + hparams.preserve_weight * _preserve_penalty(model, deltas, preserve)
             # Gradients for A and B only: the model's parameters get no .grad and are never updated.
             grads = torch.autograd.grad(loss, params)
@@ -137,7 +197,8 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
                 p.grad = g
             optimizer.step()
             steps += 1
-            log.debug("ft_l %s step %d: nll %.3f kl %.4f", request.key or request.text, steps, nll.item(), kl.item())
+            log.debug("ft_l %s step %d: nll %.3f margin %.2f kl %.4f", request.key or request.text, steps, nll.item(),
+                      margin, kl.item())
             with torch.no_grad():  # the constraint of FT-L: ‖ΔW‖ stays a small fraction of ‖W‖
                 _project(deltas, bases)
                 for d, limit in zip(deltas, max_norms):
@@ -145,7 +206,7 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
                     if norm > limit:
                         d.B.mul_(limit / norm)
         with torch.no_grad():
-            nll_after = float(_nll(_scored_logp(model, train), train))
+            nll_after = float(_nll(_group_logp(model, train, past), train))
     frozen = tuple(LowRankDelta(d.module, A=d.A.detach().cpu(), B=d.B.detach().cpu()) for d in deltas)
     return EditResult(request, "ft_l", frozen, keys=_answer_keys(model, train, modules), metrics={
         "nll_before": nll_before, "nll_after": nll_after, "steps": steps,
@@ -153,32 +214,34 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
 
 
 @torch.no_grad()
-def _answer_keys(model: "PreTrainedModel", rows: Rows, modules: Sequence[str]) -> dict[str, torch.Tensor]:
+def _answer_keys(model: "PreTrainedModel", groups: Sequence[Rows], modules: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per module, ``(n_rows, in)``: its input at each row's scored positions, averaged per row."""
-    keys = {}
-    for name in modules:
-        with capture(model, name, what="input") as seen:
-            model(input_ids=rows.ids, attention_mask=rows.mask)
-        at = seen[0][rows.rows, rows.cols].float()  # (S, in)
-        n_rows = int(rows.rows.max()) + 1
-        summed = torch.zeros(n_rows, at.shape[1]).index_add_(0, rows.rows.cpu(), at.cpu())
-        counts = torch.bincount(rows.rows.cpu(), minlength=n_rows).clamp(min=1)[:, None]
-        keys[name] = summed / counts
-    return keys
+    keys: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    for rows in groups:
+        ids, mask, cols = rows.full()
+        n_rows = ids.shape[0]
+        for name in modules:
+            with capture(model, name, what="input") as seen:
+                model.base_model(input_ids=ids, attention_mask=mask)
+            at = seen[0][rows.rows, cols].float()  # (S, in)
+            summed = torch.zeros(n_rows, at.shape[1]).index_add_(0, rows.rows.cpu(), at.cpu())
+            counts = torch.bincount(rows.rows.cpu(), minlength=n_rows).clamp(min=1)[:, None]
+            keys[name].append(summed / counts)
+    return {name: torch.cat(parts) for name, parts in keys.items()}
 
 
 @torch.no_grad()
 def _template_bases(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
                     modules: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per module, an orthonormal basis ``(in, n)`` of its inputs over the chat template's shared prefix."""
-    shell = render_question(tokenizer, "{}")
-    prefix = shell[: shell.index("{}")]  # the same tokens open every chat (e.g. the default system turn)
-    ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids = ids.to(next(model.parameters()).device)
+    prefix = chat_prefix_ids(tokenizer)  # the same tokens open every chat (e.g. the default system turn)
+    if not prefix:
+        return {}
+    ids = torch.tensor([prefix], device=next(model.parameters()).device)
     bases = {}
     for name in modules:
         with capture(model, name, what="input") as seen:
-            model(input_ids=ids)
+            model.base_model(input_ids=ids)
         keys = seen[0][0].float()  # (n, in)
         u, s, _ = torch.linalg.svd(keys.T, full_matrices=False)  # u: (in, n)
         bases[name] = u[:, s > s.max() * 1e-4]

@@ -27,6 +27,9 @@ class FTLHyperParams:
     num_steps: int = 12  # Adam steps (stops early once the answers are likely)
     lr: float = 2e-2
     stop_nll: float = 0.05  # mean NLL per answer token at which training stops
+    # ... or once every answer token leads the next-best token by this many nats (greedy answers right
+    # with room to spare; None: off)
+    stop_margin: float | None = None
     max_norm_factor: float = 0.05  # ‖B A‖_F ≤ factor · ‖W‖_F per module (the "constrained" of FT-L)
     kl_factor: float = 1.0  # weight of KL(before ‖ after) over the anchors' reference answers
     anchor_answer_tokens: int = 4  # reference-answer tokens per anchor the KL is taken over
@@ -51,6 +54,8 @@ class FTLHyperParams:
             raise InvalidRequest(f"lr and max_norm_factor must be > 0, got {self.lr}, {self.max_norm_factor}")
         if min(self.kl_factor, self.preserve_weight, self.stop_nll) < 0:
             raise InvalidRequest("kl_factor, preserve_weight and stop_nll must be >= 0")
+        if self.stop_margin is not None and self.stop_margin < 0:
+            raise InvalidRequest(f"stop_margin must be >= 0 or None, got {self.stop_margin}")
         if self.rewrite_module_tmp.count("{}") != 1:
             raise InvalidRequest(f"rewrite_module_tmp needs exactly one '{{}}' for the layer, "
                                  f"got {self.rewrite_module_tmp!r}")

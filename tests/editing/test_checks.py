@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editing.chat_prompts import NEUTRAL_CHAT, chat_form_requests, render_question
-from editing.checks import EditCheck, check_edit, closed_book_answer, contains_target
+from editing.checks import check_edit, closed_book_answer, contains_target
 from editing.errors import InvalidRequest
 from editing.requests import EditRequest, LowRankDelta
 
@@ -26,7 +26,9 @@ def test_a_zero_delta_changes_nothing_and_does_not_pass(local_model) -> None:
     request = EditRequest(prompt="{} is", subject="my favorite band", target_new="Radiohead",
                           answer_prefix="Your favorite band is", chat_questions=("What's my favorite band?",))
     check = check_edit(model, tok, request, [zero], neutral_prompts=NEUTRAL_CHAT[:2])
-    assert check == EditCheck(efficacy=0.0, chat_efficacy=0.0, locality=1.0, passed=False, verbatim=1.0)
+    assert (check.efficacy, check.chat_efficacy, check.locality, check.passed, check.verbatim) == (0.0, 0.0, 1.0,
+                                                                                                False, 1.0)
+    assert check.neutral_after == check.neutral_before and len(check.neutral_before) == 2
 
 
 def test_every_neutral_question_is_answered_right_by_the_base_model(local_model) -> None:
@@ -50,6 +52,12 @@ def test_an_edit_that_breaks_a_neutral_fact_fails_locality(local_model) -> None:
                           answer_prefix="Your favorite band is", chat_questions=("What's my favorite band?",))
     check = check_edit(model, tok, request, [wreck], neutral_prompts=NEUTRAL_CHAT[:3])
     assert check.locality < 0.5 and check.verbatim < 0.5 and not check.passed
+    # The "before" answers handed in by the caller (an earlier check's) give the same verdict.
+    again = check_edit(model, tok, request, [wreck], neutral_prompts=NEUTRAL_CHAT[:3],
+                       neutral_before=check.neutral_before)
+    assert again == check
+    with pytest.raises(InvalidRequest, match="neutral_before has 1 answers for 3 prompts"):
+        check_edit(model, tok, request, [wreck], neutral_prompts=NEUTRAL_CHAT[:3], neutral_before=["x"])
 
 
 @pytest.mark.slow
