@@ -28,6 +28,7 @@ class Capabilities:
     local_model: bool  # the chat model is pllm's local transformers model
     chat_model: str  # its class name, for the explanation
     handlers: Mapping[str, bool]  # every job kind → whether a handler is registered
+    off_reason: str | None = None  # why no handler was registered, when that was a setting (e.g. turned off)
 
     @property
     def model_level(self) -> bool:
@@ -45,6 +46,8 @@ class Capabilities:
         """One clause: why the model level is (not) active."""
         if not self.local_model:
             return f"the chat model ({self.chat_model}) is not pllm's local model, so no model update can apply"
+        if not self.handled and self.off_reason:
+            return self.off_reason
         if not self.handled:
             return f"no handler registered for {', '.join(self.unhandled)} (those updates are skipped)"
         skipped = f"; no handler for {', '.join(self.unhandled)} (skipped)" if self.unhandled else ""
@@ -66,8 +69,9 @@ class Capabilities:
                                 "handlers": dict(self.handlers)}}
 
 
-def capabilities_of(*, local_model: bool, chat_model: str, handler_kinds: Iterable[str]) -> Capabilities:
-    """The report for a chat model and the job kinds that have handlers."""
+def capabilities_of(*, local_model: bool, chat_model: str, handler_kinds: Iterable[str],
+                    off_reason: str | None = None) -> Capabilities:
+    """The report for a chat model and the job kinds that have handlers (``off_reason``: why there are none)."""
     registered = set(handler_kinds)
     return Capabilities(input_level=True, local_model=local_model, chat_model=chat_model,
-                        handlers={kind: kind in registered for kind in JOB_KINDS})
+                        handlers={kind: kind in registered for kind in JOB_KINDS}, off_reason=off_reason)

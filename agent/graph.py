@@ -137,6 +137,7 @@ class PersonalAgent:
         self.memory = memory
         self.chat_model = chat_model
         self._local = isinstance(chat_model, PllmChatModel)
+        self.capability_note: str | None = None  # why the model level is off, when a setting turned it off
         if count_tokens is None:
             count_tokens = chat_model.local.count_tokens if self._local else _approx_tokens
         if not self._local:
@@ -162,7 +163,7 @@ class PersonalAgent:
     def capabilities(self) -> Capabilities:
         """Which personalization levels are active (model level: local model + registered handlers)."""
         return capabilities_of(local_model=self._local, chat_model=type(self.chat_model).__name__,
-                               handler_kinds=self.worker.handlers)
+                               handler_kinds=self.worker.handlers, off_reason=self.capability_note)
 
     @property
     def model_level(self) -> bool:

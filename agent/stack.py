@@ -89,10 +89,16 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=ThreadRegistry.under(settings.home),
                           store=store, worker=worker)
     agent.user_data.register(ModelPart(settings.home, jobs))
+    if isinstance(chat_model, PllmChatModel) and not settings.model_updates:
+        agent.capability_note = MODEL_UPDATES_OFF
     if isinstance(chat_model, PllmChatModel) and settings.model_updates:
         for kind, factory in MODEL_HANDLERS.items():
             agent.worker.register(kind, factory(chat_model.local, memory, settings))  # type: ignore[arg-type]
     return Stack(settings=settings, memory=memory, agent=agent, local=local if isinstance(chat_model, PllmChatModel) else None)
+
+
+MODEL_UPDATES_OFF = ("model updates are turned off (PLLM_MODEL_UPDATES=0 / Settings.model_updates=False): "
+                     "set PLLM_MODEL_UPDATES=1 to write each user's facts into their own model")
 
 
 def stack_capabilities(settings: Settings | None = None) -> "Capabilities":
@@ -101,4 +107,5 @@ def stack_capabilities(settings: Settings | None = None) -> "Capabilities":
     from agent.capabilities import capabilities_of
 
     on = settings.model_updates if settings is not None else Settings.model_fields["model_updates"].default
-    return capabilities_of(local_model=True, chat_model="PllmChatModel", handler_kinds=MODEL_HANDLERS if on else ())
+    return capabilities_of(local_model=True, chat_model="PllmChatModel", handler_kinds=MODEL_HANDLERS if on else (),
+                           off_reason=None if on else MODEL_UPDATES_OFF)

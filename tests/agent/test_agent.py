@@ -256,7 +256,7 @@ def test_control_tokens_typed_by_a_user_stay_text_through_the_agent(make_stack, 
 def test_the_agent_claims_only_the_personalization_that_is_active(make_stack) -> None:
     stack = make_stack()  # model_updates=False: no model-level handler is registered
     agent = stack.agent
-    assert "model level not active: no handler registered for knowledge_edit" in agent.describe()
+    assert "model level not active: model updates are turned off (PLLM_MODEL_UPDATES=0" in agent.describe()
     caps = agent.capabilities()
     assert caps.input_level and caps.local_model and not caps.model_level
     assert caps.handlers == {"knowledge_edit": False, "preference_weights": False, "adapter_refresh": False}
