@@ -84,7 +84,7 @@ def test_real_model_three_users_in_one_batch_get_their_solo_replies(local_model:
         [_delta(model, f"model.layers.{layer}.mlp.down_proj", 2, 0.08, gen) for layer in (3, 4)],
         [_delta(model, "model.layers.10.self_attn.q_proj", 4, 0.1, gen),
          _delta(model, "model.layers.12.self_attn.v_proj", 4, 0.1, gen)],
-        [_delta(model, "model.layers.20.mlp.up_proj", 1, 0.15, gen)],
+        [_delta(model, f"model.layers.{layer}.mlp.up_proj", 2, 0.3, gen) for layer in (2, 20)],
         [],  # a user without an adapter: the base model's reply
     ]
     questions = ["What is the capital of France?", "Write a short poem about the sea.",
