@@ -25,8 +25,9 @@ What was tried and what each gave is tabled at the top of ``bench/generate.py``.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from editing.errors import InvalidRequest
-from editing.hooks import apply_deltas, lora_term, merge_per_module
+from editing.hooks import RowLora, apply_deltas, apply_row_deltas, lora_term, merge_per_module, stack_row_deltas
 from editing.requests import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -208,22 +209,49 @@ class _TextStream:
 
 
 class _ModelStep:
-    """General decode step: the model's own forward with a ``DynamicCache`` (any causal LM, PEFT too)."""
+    """General decode step: the model's own forward with a ``DynamicCache`` (any causal LM, PEFT too).
+
+    One row, or a left-padded batch: ``pads`` (batch, 1) is each row's count of padding columns, so row
+    ``b``'s position at cache column ``c`` is ``c - pads[b]`` and its columns ``< pads[b]`` are masked.
+    ``row_loras`` (from :func:`editing.hooks.stack_row_deltas`) gives each row its own deltas.
+    """
 
     name = "model"
 
     def __init__(self, model: "PreTrainedModel", cache: Any, model_kwargs: dict[str, Any],
-                 deltas: Sequence[LowRankDelta] = ()) -> None:
+                 deltas: Sequence[LowRankDelta] = (), *, pads: torch.Tensor | None = None,
+                 row_loras: dict[str, RowLora] | None = None) -> None:
         self.model = model
         self.cache = cache
         self.model_kwargs = model_kwargs
         self.deltas = deltas
+        self.pads = pads
+        self.row_loras = row_loras
+        self.rows = 1 if pads is None else pads.shape[0]
+
+    def _hooks(self) -> Any:
+        return apply_row_deltas(self.model, self.row_loras) if self.row_loras else apply_deltas(self.model, self.deltas)
 
     def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
-        """``token`` (1, 1) at absolute ``position`` → next-token logits (1, V)."""
-        with apply_deltas(self.model, self.deltas):  # hooks only for the duration of this forward
-            out = self.model(input_ids=token, cache=self.cache, use_cache=True, **self.model_kwargs)
+        """``token`` (batch, 1) at cache column ``position`` → next-token logits (batch, V)."""
+        kwargs = dict(self.model_kwargs)
+        if self.pads is not None:
+            columns = torch.arange(position + 1, device=token.device)
+            kwargs["attention_mask"] = (columns >= self.pads).long()  # (batch, position + 1)
+            kwargs["position_ids"] = position - self.pads  # (batch, 1)
+        with self._hooks():  # hooks only for the duration of this forward
+            out = self.model(input_ids=token, cache=self.cache, use_cache=True, **kwargs)
         return out.logits[:, -1, :]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (the others finished)."""
+        self.cache.batch_select_indices(rows)
+        self.pads = None if self.pads is None else self.pads[rows]
+        self.row_loras = None if not self.row_loras else {k: v.select(rows) for k, v in self.row_loras.items()}
+        # Per-row model kwargs (a list with one entry per row, e.g. PEFT's adapter_names) follow their rows.
+        self.model_kwargs = {k: [v[int(i)] for i in rows] if isinstance(v, list) and len(v) == self.rows else v
+                             for k, v in self.model_kwargs.items()}
+        self.rows = len(rows)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -239,10 +267,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _linear(x: torch.Tensor, module: Any, lora: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """``module(x)`` as tensor ops, plus the user's low-rank term ``(x @ Aᵀ) @ Bᵀ`` when ``lora = (A, B)``."""
+_Term = Callable[[torch.Tensor], torch.Tensor]  # x (batch, 1, in) → a low-rank term (batch, 1, out)
+
+
+def _linear(x: torch.Tensor, module: Any, lora: _Term | None) -> torch.Tensor:
+    """``module(x)`` as tensor ops, plus the user's low-rank term ``lora(x)`` when there is one."""
     out = F.linear(x, module.weight, module.bias)
-    return out if lora is None else out + lora_term(x, *lora)
+    return out if lora is None else out + lora(x)
 
 
 _SLOTS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
@@ -264,14 +295,16 @@ class _LayerRefs:
     down: Any
     act: Any
     scaling: float
-    lora: dict[str, tuple[torch.Tensor, torch.Tensor]]  # slot ("q", ..., "down") → (A (r, in), B (out, r))
 
 
 class _LlamaStep:
     """Fast decode step for a plain ``LlamaForCausalLM`` (SDPA attention, plain ``nn.Linear`` layers).
 
-    Holds a KV buffer ``(layers, 1, kv_heads, capacity, head_dim)`` filled from the prefill cache; each
-    step writes one position and attends over ``[:position + 1]`` — no reallocation, no mask.
+    Holds a KV buffer ``(layers, batch, kv_heads, capacity, head_dim)`` filled from the prefill cache; each
+    step writes one column and attends over ``[:column + 1]`` — no reallocation. One row needs no mask; a
+    left-padded batch (``pads`` (batch, 1): padding columns per row) masks each row's padding and gives
+    row ``b`` the position ``column - pads[b]``. Low-rank terms: ``deltas`` for every row alike, or
+    ``row_deltas`` (one list per row) as zero-padded per-row stacks applied with ``bmm``.
     """
 
     name = "llama-fast"
@@ -311,15 +344,10 @@ class _LlamaStep:
         other = sorted({d.module for d in deltas if d.module not in known})
         return f"deltas on modules the fast step does not compute: {other}" if other else None
 
-    def __init__(self, model: Any, cache: Any, capacity: int, deltas: Sequence[LowRankDelta] = ()) -> None:
+    def __init__(self, model: Any, cache: Any, capacity: int, deltas: Sequence[LowRankDelta] = (), *,
+                 pads: torch.Tensor | None = None, row_deltas: Sequence[Sequence[LowRankDelta]] | None = None) -> None:
         cfg = model.config
         inner = model.model
-        weight = inner.embed_tokens.weight
-        lora: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in range(cfg.num_hidden_layers)]
-        slots = self.slots(model)
-        for delta in merge_per_module(deltas):
-            i, slot = slots[delta.module]
-            lora[i][slot] = (delta.A.to(weight.device, weight.dtype), delta.B.to(weight.device, weight.dtype))
         self.embed = inner.embed_tokens.weight  # (V, H)
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm
@@ -328,45 +356,76 @@ class _LlamaStep:
         self.layers = [
             _LayerRefs(layer.input_layernorm, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                        layer.self_attn.o_proj, layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj,
-                       layer.mlp.down_proj, layer.mlp.act_fn, layer.self_attn.scaling, lora[i])
-            for i, layer in enumerate(inner.layers[: cfg.num_hidden_layers])
+                       layer.mlp.down_proj, layer.mlp.act_fn, layer.self_attn.scaling)
+            for layer in inner.layers[: cfg.num_hidden_layers]
         ]
-        first = cache.layers[0].keys  # (1, kv_heads, T, head_dim)
-        self.head_dim = first.shape[-1]
-        shape = (len(self.layers), 1, self.kv_heads, capacity, self.head_dim)
+        self.lora = self._terms(model, deltas, row_deltas)  # per layer: slot ("q", ..., "down") → term
+        first = cache.layers[0].keys  # (batch, kv_heads, T, head_dim)
+        batch, prompt_len, self.head_dim = first.shape[0], first.shape[2], first.shape[-1]
+        shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
         self.keys = torch.empty(shape, dtype=first.dtype, device=first.device)
         self.values = torch.empty(shape, dtype=first.dtype, device=first.device)
-        prompt_len = first.shape[2]
         for i, layer_cache in enumerate(cache.layers[: len(self.layers)]):
             self.keys[i, :, :, :prompt_len] = layer_cache.keys
             self.values[i, :, :, :prompt_len] = layer_cache.values
+        self.pads = torch.zeros((batch, 1), dtype=torch.long, device=first.device) if pads is None else pads
+        # (batch, 1, 1, capacity): True where a row may attend; None when no row is padded (one row: no mask).
+        columns = torch.arange(capacity, device=first.device)
+        self.visible = None if pads is None or not bool(pads.any()) else (columns >= self.pads)[:, None, None, :]
+
+    def _terms(self, model: Any, deltas: Sequence[LowRankDelta],
+               row_deltas: Sequence[Sequence[LowRankDelta]] | None) -> list[dict[str, _Term]]:
+        weight = model.model.embed_tokens.weight
+        slots = self.slots(model)
+        terms: list[dict[str, _Term]] = [{} for _ in self.layers]
+        if row_deltas is not None:
+            for name, stack in stack_row_deltas(row_deltas, device=weight.device, dtype=weight.dtype).items():
+                i, slot = slots[name]
+                terms[i][slot] = stack
+            return terms
+        for delta in merge_per_module(deltas):
+            i, slot = slots[delta.module]
+            a, b = delta.A.to(weight.device, weight.dtype), delta.B.to(weight.device, weight.dtype)
+            terms[i][slot] = functools.partial(lora_term, a=a, b=b)
+        return terms
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (the others finished): later steps compute only those."""
+        self.keys, self.values = self.keys[:, rows], self.values[:, rows]
+        self.pads = self.pads[rows]
+        self.visible = None if self.visible is None else self.visible[rows]
+        self.lora = [{slot: term.select(rows) if isinstance(term, RowLora) else term for slot, term in layer.items()}
+                     for layer in self.lora]
 
     def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
-        """``token`` (1, 1) at absolute ``position`` → next-token logits (1, V)."""
-        x = F.embedding(token, self.embed)  # (1, 1, H)
-        cos, sin = self.rotary(x, torch.tensor([[position]], device=x.device))  # (1, 1, head_dim) each
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, 1, head_dim): broadcast over heads
+        """``token`` (batch, 1) at cache column ``position`` → next-token logits (batch, V)."""
+        batch = token.shape[0]
+        x = F.embedding(token, self.embed)  # (batch, 1, H)
+        cos, sin = self.rotary(x, position - self.pads)  # (batch, 1, head_dim) each: every row's own position
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (batch, 1, 1, head_dim): broadcast over heads
         end = position + 1
+        mask = None if self.visible is None else self.visible[:, :, :, :end]  # (batch, 1, 1, end)
         for i, ly in enumerate(self.layers):
             h = _rms_norm(x, ly.norm1.weight, ly.norm1.variance_epsilon)
-            lora = ly.lora
-            q = _linear(h, ly.q, lora.get("q")).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = _linear(h, ly.k, lora.get("k")).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = _linear(h, ly.v, lora.get("v")).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin  # (1, heads, 1, head_dim)
-            k = k * cos + _rotate_half(k) * sin  # (1, kv_heads, 1, head_dim)
+            lora = self.lora[i]
+            q = _linear(h, ly.q, lora.get("q")).view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = _linear(h, ly.k, lora.get("k")).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = _linear(h, ly.v, lora.get("v")).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin  # (batch, heads, 1, head_dim)
+            k = k * cos + _rotate_half(k) * sin  # (batch, kv_heads, 1, head_dim)
             self.keys[i, :, :, position:end] = k
             self.values[i, :, :, position:end] = v
-            # One query attends to every cached position: no mask; GQA shares each kv head across groups.
+            # One query per row attends to its cached positions (padding masked); GQA shares each kv head.
             attn = F.scaled_dot_product_attention(q, self.keys[i, :, :, :end], self.values[i, :, :, :end],
-                                                  scale=ly.scaling, enable_gqa=self.heads != self.kv_heads)
-            attn = attn.transpose(1, 2).reshape(1, 1, -1)  # (1, 1, heads * head_dim)
+                                                  attn_mask=mask, scale=ly.scaling,
+                                                  enable_gqa=self.heads != self.kv_heads)
+            attn = attn.transpose(1, 2).reshape(batch, 1, -1)  # (batch, 1, heads * head_dim)
             x = x + _linear(attn, ly.o, lora.get("o"))
             h = _rms_norm(x, ly.norm2.weight, ly.norm2.variance_epsilon)
             gate = _linear(h, ly.gate, lora.get("gate"))
             x = x + _linear(ly.act(gate) * _linear(h, ly.up, lora.get("up")), ly.down, lora.get("down"))
         h = _rms_norm(x, self.final_norm.weight, self.final_norm.variance_epsilon)
-        return F.linear(h, self.lm_head.weight, self.lm_head.bias)[:, -1, :]  # (1, V)
+        return F.linear(h, self.lm_head.weight, self.lm_head.bias)[:, -1, :]  # (batch, V)
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -389,17 +448,23 @@ class Decoder:
         self.last_path: str | None = None
         self.last_token_ids: list[int] = []
 
+    def _fast_reason(self, model_kwargs: dict[str, Any], deltas: Sequence[LowRankDelta]) -> str | None:
+        """Why this request cannot take the fast step (``None`` = it can)."""
+        if not self.fast_path:
+            return "fast path off"
+        reason = _LlamaStep.unsupported_reason(self.model, model_kwargs)
+        if reason is None and deltas:
+            reason = _LlamaStep.delta_reason(self.model, deltas)
+            if reason is not None:  # a user's adapter slows down: worth a note in the log
+                log.info("fast decode step off for this adapter: %s", reason)
+        return reason
+
     def _step(self, cache: Any, capacity: int, model_kwargs: dict[str, Any],
               deltas: Sequence[LowRankDelta]) -> _LlamaStep | _ModelStep:
-        if self.fast_path:
-            reason = _LlamaStep.unsupported_reason(self.model, model_kwargs)
-            if reason is None and deltas:
-                reason = _LlamaStep.delta_reason(self.model, deltas)
-                if reason is not None:  # a user's adapter slows down: worth a note in the log
-                    log.info("fast decode step off for this adapter: %s", reason)
-            if reason is None:
-                return _LlamaStep(self.model, cache, capacity, deltas)
-            log.debug("fast decode step off: %s", reason)
+        reason = self._fast_reason(model_kwargs, deltas)
+        if reason is None:
+            return _LlamaStep(self.model, cache, capacity, deltas)
+        log.debug("fast decode step off: %s", reason)
         return _ModelStep(self.model, cache, model_kwargs, deltas)
 
     @torch.inference_mode()

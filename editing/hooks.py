@@ -7,8 +7,9 @@ Nothing in this module assigns into a parameter, so a model is exactly the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 from editing.errors import InvalidRequest
 from editing.requests import LowRankDelta
 
-__all__ = ["find_module", "merge_per_module", "lora_term", "apply_deltas", "inference_mode_of", "capture", "add_at_positions"]
+__all__ = ["find_module", "merge_per_module", "lora_term", "apply_deltas", "RowLora", "stack_row_deltas",
+           "apply_row_deltas", "inference_mode_of", "capture", "add_at_positions"]
 
 
 def find_module(model: nn.Module, name: str) -> nn.Module:
@@ -97,6 +99,77 @@ def apply_deltas(model: nn.Module, deltas: Sequence[LowRankDelta]) -> Iterator[N
     with ExitStack() as stack:
         for delta in deltas:
             handle = find_module(model, delta.module).register_forward_hook(hook_for(delta))
+            stack.callback(handle.remove)
+        yield
+
+
+@dataclass(frozen=True)
+class RowLora:
+    """Every row of a batch with its own low-rank term on one module: row ``b`` adds ``(x_b @ A_bᵀ) @ B_bᵀ``.
+
+    Ranks are zero-padded to the largest in the batch; a row without a delta on the module has all-zero
+    ``A_b``/``B_b``, so its term is exactly zero.
+    """
+
+    A: torch.Tensor  # (batch, r_max, in)
+    B: torch.Tensor  # (batch, out, r_max)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (batch, T, in) → the per-row terms (batch, T, out)."""
+        return torch.bmm(torch.bmm(x, self.A.transpose(1, 2)), self.B.transpose(1, 2))
+
+    def select(self, rows: torch.Tensor) -> "RowLora":
+        """The same terms for the batch rows ``rows`` (1-D index tensor), in that order."""
+        return RowLora(self.A[rows], self.B[rows])
+
+
+def stack_row_deltas(rows: Sequence[Sequence[LowRankDelta]], *, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> dict[str, RowLora]:
+    """Module name → :class:`RowLora` for a batch whose row ``b`` runs with the deltas ``rows[b]``.
+
+    Each row's deltas are first merged per module (:func:`merge_per_module`); all rows must agree on a
+    module's shape.
+    """
+    merged = [{d.module: d for d in merge_per_module(row)} for row in rows]
+    modules = list(dict.fromkeys(name for row in merged for name in row))
+    stacks: dict[str, RowLora] = {}
+    for name in modules:
+        present = [row[name] for row in merged if name in row]
+        shapes = {(d.B.shape[0], d.A.shape[1]) for d in present}
+        if len(shapes) != 1:
+            raise InvalidRequest(f"the batch's deltas on {name} disagree on the module's shape: {sorted(shapes)} "
+                                 "(out, in); every row must be made for the same base model")
+        (n_out, n_in), rank = shapes.pop(), max(d.A.shape[0] for d in present)
+        dtype_ = dtype or present[0].A.dtype
+        a = torch.zeros((len(rows), rank, n_in), device=device, dtype=dtype_)  # (batch, r_max, in)
+        b = torch.zeros((len(rows), n_out, rank), device=device, dtype=dtype_)  # (batch, out, r_max)
+        for i, row in enumerate(merged):
+            if name in row:
+                r = row[name].A.shape[0]
+                a[i, :r] = row[name].A.to(a.device, a.dtype)
+                b[i, :, :r] = row[name].B.to(b.device, b.dtype)
+        stacks[name] = RowLora(a, b)
+    return stacks
+
+
+@contextmanager
+def apply_row_deltas(model: nn.Module, stacks: Mapping[str, RowLora]) -> Iterator[None]:
+    """Run a batch through ``model`` with each row's own deltas: ``out_b += (x_b @ A_bᵀ) @ B_bᵀ`` per module.
+
+    ``stacks`` comes from :func:`stack_row_deltas` for exactly the batch that is run.
+    """
+
+    def hook_for(lora: RowLora):  # noqa: ANN202 - a torch hook
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            x = args[0]  # (batch, T, in)
+            term = RowLora(lora.A.to(x.device, x.dtype), lora.B.to(x.device, x.dtype))(x)
+            return _replace_first(output, _first(output) + term)  # (batch, T, out)
+
+        return hook
+
+    with ExitStack() as stack:
+        for name, lora in stacks.items():
+            handle = find_module(model, name).register_forward_hook(hook_for(lora))
             stack.callback(handle.remove)
         yield
 

@@ -24,6 +24,8 @@ import torch
 from editing.chat_guard import SpecialTokenGuard
 from editing.device import DevicePlan, choose_device
 from editing.errors import InvalidRequest, ModelNotFound, StaleAdapter
+from editing.batch_decode import decode_batch
+from editing.batcher import RequestBatcher
 from editing.generation import GenerationSettings, decode_stream
 from editing.model_cache import ensure_converted, locate_packaged_gguf
 
@@ -48,11 +50,17 @@ class RuntimeConfig:
     device: str | None = None  # None/"auto" → accelerator if present, else CPU
     dtype: str | None = None  # None/"auto" → bf16 on accelerators, fp32 on CPU
     threads: int | None = None  # CPU threads for torch (None: leave torch's default)
+    # Concurrent generate() calls arriving within this window are decoded as one batch (0 = off: one by one).
+    batch_window_ms: float = 0.0
+    max_batch: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.batch_window_ms < 0 or self.max_batch < 2:
+            raise ValueError(f"need batch_window_ms >= 0 and max_batch >= 2, got {self.batch_window_ms}, "
+                             f"{self.max_batch}")
 
 
 def _resolve_source(config: RuntimeConfig) -> tuple[Path | str, str]:
@@ -103,6 +111,13 @@ class LocalModel:
         self.source = source
         self.lock = threading.RLock()
         self.guard = SpecialTokenGuard(tokenizer)
+        self.batcher: RequestBatcher | None = None
+
+    def enable_batching(self, window_ms: float = 20.0, max_batch: int = 8) -> None:
+        """Serve concurrent :meth:`generate` calls that arrive within ``window_ms`` as one batch
+        (``window_ms=0``: off, one request at a time). Streaming calls are never batched."""
+        self.batcher = None if window_ms <= 0 else RequestBatcher(self._run_batch, window_s=window_ms / 1000,
+                                                                  max_batch=max_batch)
 
     @classmethod
     def load(cls, config: RuntimeConfig | None = None) -> "LocalModel":
@@ -119,7 +134,9 @@ class LocalModel:
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=plan.dtype, local_files_only=True)
         model.to(plan.device).eval()
         log.info("loaded %s on %s in %.2f s", model_id, plan.describe(), time.perf_counter() - t0)
-        return cls(model, tokenizer, model_id=model_id, plan=plan, source=source)
+        local = cls(model, tokenizer, model_id=model_id, plan=plan, source=source)
+        local.enable_batching(config.batch_window_ms, config.max_batch)
+        return local
 
     # ------------------------------------------------------------------------------ prompting
 
@@ -174,8 +191,32 @@ class LocalModel:
 
     def generate(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None, *,
                  view: "UserView | None" = None, **model_kwargs: Any) -> str:
-        """The whole reply to ``messages``."""
+        """The whole reply to ``messages`` (batched with concurrent calls when batching is on)."""
+        if self.batcher is not None and not model_kwargs:
+            deltas = self._deltas_of(view)
+            return self.batcher.submit(self.encode_chat(messages), deltas, settings or GenerationSettings())
         return "".join(self.stream(messages, settings, view=view, **model_kwargs))
+
+    def _run_batch(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
+                   deltas_per_row: Sequence[Sequence[Any]]) -> list[str]:
+        with self.lock:  # the batch is one request as far as the model is concerned
+            return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row)
+
+    def generate_batch(self, requests: Sequence[tuple[Sequence[ChatTurn], "UserView | None"]],
+                       settings: GenerationSettings | None = None) -> list[str]:
+        """The reply to each ``(messages, view)`` in one decode loop, each with its own user's adapter.
+
+        Greedy replies equal what :meth:`generate` gives each request alone.
+        """
+        if not requests:
+            raise InvalidRequest("requests must be a non-empty list of (messages, view) pairs")
+        for i, request in enumerate(requests):
+            if not isinstance(request, tuple) or len(request) != 2:
+                raise InvalidRequest(f"requests[{i}] must be a (messages, view) pair (view may be None), "
+                                     f"got {request!r:.80}")
+        deltas = [self._deltas_of(view) for _, view in requests]
+        prompts = [self.encode_chat(messages) for messages, _ in requests]
+        return self._run_batch(prompts, settings or GenerationSettings(), deltas)
 
     def complete(self, text: str, settings: GenerationSettings | None = None, *,
                  view: "UserView | None" = None) -> str:

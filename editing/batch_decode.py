@@ -1,0 +1,183 @@
+"""Several requests, each with its own user's deltas, in one decode loop.
+
+:meth:`BatchDecoder.run` serves a batch of prompts of different lengths at once:
+
+* **prefill** — the prompts left-padded into one ``(batch, T_max)`` tensor, with an attention mask that
+  hides each row's padding and position ids that start at 0 on each row's first real token, run once
+  through the model under :func:`editing.hooks.apply_row_deltas` (row ``b`` gets exactly its own deltas);
+* **decode** — one step per new token for every unfinished row: :class:`~editing.generation._LlamaStep`
+  on the fast path (per-row LoRA as zero-padded rank stacks and ``bmm``; rows without a delta add zeros),
+  else the model's own forward with a ``DynamicCache`` under the same per-row hooks (any architecture
+  whose projections the deltas name; a PEFT model's ``adapter_names=[...]`` mixed batch passes through as a
+  model kwarg). A row that ends (end-of-reply token, stop string, ``max_new_tokens``) leaves the batch:
+  its KV cache rows and LoRA rows are dropped, so later steps compute only the rows still going.
+
+Greedy row ``b`` gives the same tokens as :meth:`editing.generation.Decoder.stream` of that prompt alone
+(tests check it token for token); the logits differ from the solo run only by float rounding (masked
+padding and batched matmuls sum in another order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from editing.errors import InvalidRequest
+from editing.generation import (
+    Decoder,
+    GenerationSettings,
+    _LlamaStep,
+    _ModelStep,
+    _processors,
+    _TextStream,
+    eos_token_ids,
+)
+from editing.hooks import apply_row_deltas, stack_row_deltas
+from editing.requests import LowRankDelta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["BatchDecoder", "decode_batch"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_batch(prompts: Sequence[torch.Tensor],
+                 deltas_per_row: Sequence[Sequence[LowRankDelta]] | None) -> list[tuple[LowRankDelta, ...]]:
+    """Validate a batch; return one tuple of deltas per row."""
+    if isinstance(prompts, torch.Tensor) or not prompts:
+        raise InvalidRequest("prompts must be a non-empty list of (1, T) id tensors, one per request")
+    for i, ids in enumerate(prompts):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise InvalidRequest(f"prompts[{i}] must be one non-empty sequence of shape (1, T); got {shape}")
+    if len({ids.device for ids in prompts}) != 1:
+        raise InvalidRequest(f"prompts are on different devices: {sorted({str(p.device) for p in prompts})}")
+    if deltas_per_row is None:
+        return [() for _ in prompts]
+    if len(deltas_per_row) != len(prompts):
+        raise InvalidRequest(f"deltas_per_row has {len(deltas_per_row)} entries for {len(prompts)} prompts; "
+                             "give one list per row ([] for a row that runs on the base model)")
+    rows = []
+    for i, row in enumerate(deltas_per_row):
+        if isinstance(row, LowRankDelta) or not all(isinstance(d, LowRankDelta) for d in row):
+            raise InvalidRequest(f"deltas_per_row[{i}] must be a list of LowRankDelta, got {row!r:.80}")
+        rows.append(tuple(row))
+    return rows
+
+
+def _left_pad(prompts: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids (batch, T_max), pads (batch, 1))``: each prompt right-aligned after ``pads[b]`` pad ids."""
+    width = max(ids.shape[1] for ids in prompts)
+    device = prompts[0].device
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=prompts[0].dtype, device=device)
+    for b, ids in enumerate(prompts):
+        input_ids[b, width - ids.shape[1]:] = ids[0]
+    pads = torch.tensor([[width - ids.shape[1]] for ids in prompts], device=device)  # (batch, 1)
+    return input_ids, pads
+
+
+class BatchDecoder:
+    """Batched decoding for one (model, tokenizer) pair; see the module docstring.
+
+    After :meth:`run`, :attr:`last_path` names the decode step used (``"llama-fast"`` or ``"model"``) and
+    :attr:`last_token_ids` holds each row's generated ids (end-of-reply token excluded).
+    """
+
+    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *,
+                 fast_path: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.solo = Decoder(model, tokenizer, fast_path=fast_path)  # path choice and token choice are shared
+        self.last_path: str | None = None
+        self.last_token_ids: list[list[int]] = []
+
+    def _pad_id(self) -> int:
+        if self.tokenizer.pad_token_id is not None:
+            return int(self.tokenizer.pad_token_id)
+        return min(eos_token_ids(self.model, self.tokenizer), default=0)  # masked out: any valid id does
+
+    def _prefill(self, input_ids: torch.Tensor, pads: torch.Tensor, rows: list[tuple[LowRankDelta, ...]],
+                 model_kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """One forward over the padded batch → (last position's logits (batch, V), the filled cache)."""
+        from transformers import DynamicCache
+
+        columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+        attention_mask = (columns >= pads).long()  # (batch, T_max): 0 on padding
+        position_ids = (columns - pads).clamp(min=0)  # (batch, T_max): 0 at each row's first real token
+        weight = self.model.get_input_embeddings().weight
+        stacks = stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else {}
+        cache = DynamicCache(config=self.model.config)
+        with apply_row_deltas(self.model, stacks):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
+        return out.logits[:, -1, :], cache
+
+    def _step(self, cache: Any, capacity: int, pads: torch.Tensor, rows: list[tuple[LowRankDelta, ...]],
+              model_kwargs: dict[str, Any]) -> _LlamaStep | _ModelStep:
+        reason = self.solo._fast_reason(model_kwargs, [d for row in rows for d in row])
+        if reason is None:
+            return _LlamaStep(self.model, cache, capacity, pads=pads, row_deltas=rows)
+        log.debug("fast decode step off for the batch: %s", reason)
+        weight = self.model.get_input_embeddings().weight
+        stacks = stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else None
+        return _ModelStep(self.model, cache, model_kwargs, pads=pads, row_loras=stacks)
+
+    @torch.inference_mode()
+    def run(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
+            deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, **model_kwargs: Any) -> list[str]:
+        """The reply to each prompt (each ``(1, T_i)``), row ``b`` run with ``deltas_per_row[b]``.
+
+        Each row stops on its own (end-of-reply token unless ``settings.ignore_eos``, stop string, or
+        ``settings.max_new_tokens``). Per-row model kwargs are lists with one entry per row.
+        """
+        rows = _check_batch(prompts, deltas_per_row)
+        lengths = [ids.shape[1] for ids in prompts]
+        input_ids, pads = _left_pad(prompts, self._pad_id())
+        width, device = input_ids.shape[1], input_ids.device
+        processors = _processors(settings)
+        generators = [None] * len(prompts)
+        if not settings.greedy and settings.seed is not None:
+            generators = [torch.Generator(device=device).manual_seed(settings.seed) for _ in prompts]
+        stop_ids = set() if settings.ignore_eos else eos_token_ids(self.model, self.tokenizer)
+        seen = [torch.cat([ids, ids.new_empty((1, settings.max_new_tokens))], dim=1) for ids in prompts]
+        texts = [_TextStream(self.tokenizer, settings.stop) for _ in prompts]
+        pieces: list[list[str]] = [[] for _ in prompts]
+        self.last_token_ids = [text.ids for text in texts]
+
+        logits, cache = self._prefill(input_ids, pads, rows, model_kwargs)
+        step = self._step(cache, width + settings.max_new_tokens, pads, rows, model_kwargs)
+        self.last_path = step.name
+        active = list(range(len(prompts)))  # batch position → request row
+        for n in range(settings.max_new_tokens):
+            keep, tokens = [], []
+            for pos, row in enumerate(active):
+                start = 0 if settings.penalize_prompt else lengths[row]
+                window = seen[row][:, start: lengths[row] + n]
+                next_id = Decoder._choose(logits[pos: pos + 1], window, processors, settings, generators[row])
+                if next_id in stop_ids:
+                    continue
+                seen[row][0, lengths[row] + n] = next_id
+                pieces[row].append(texts[row].push(next_id))
+                if not texts[row].stopped:
+                    keep.append(pos)
+                    tokens.append(next_id)
+            if not keep or n + 1 == settings.max_new_tokens:
+                break  # the last tokens' logits are never needed: skip their forward
+            if len(keep) < len(active):
+                step.select(torch.tensor(keep, device=device))
+                active = [active[pos] for pos in keep]
+            token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
+            logits = step(token, width + n)
+        return ["".join(p) + text.finish() for p, text in zip(pieces, texts)]
+
+
+def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
+                 settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None,
+                 **model_kwargs: Any) -> list[str]:
+    """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
+    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, **model_kwargs)

@@ -1,0 +1,132 @@
+"""Several users, each with their own deltas, in one decode loop: every row equals that user's solo reply.
+
+A tiny llama built from a config covers both decode steps quickly; the real SmolLM2 covers the claim a
+user would notice (three users with three adapters in one batch get their own replies).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing import GenerationSettings, InvalidRequest, LocalModel, LowRankDelta
+from editing.batch_decode import BatchDecoder, decode_batch
+from editing.generation import Decoder
+
+
+def _delta(model: torch.nn.Module, name: str, rank: int, scale: float, gen: torch.Generator) -> LowRankDelta:
+    """A random ``ΔW = B @ A`` on module ``name`` of ``model``, entries ~ N(0, scale²)."""
+    n_out, n_in = model.get_submodule(name).weight.shape
+    return LowRankDelta(name, torch.randn(rank, n_in, generator=gen) * scale,
+                        torch.randn(n_out, rank, generator=gen) * scale)
+
+
+def _solo(model, tokenizer, ids, settings, deltas, fast: bool = True) -> tuple[str, list[int]]:
+    decoder = Decoder(model, tokenizer, fast_path=fast)
+    text = "".join(decoder.stream(ids, settings, deltas))
+    return text, list(decoder.last_token_ids)
+
+
+def _tiny_rows(model: torch.nn.Module) -> list[list[LowRankDelta]]:
+    gen = torch.Generator().manual_seed(1)
+    return [
+        [_delta(model, "model.layers.1.mlp.down_proj", 2, 0.3, gen)],
+        [],  # this row runs on the base model
+        [_delta(model, "model.layers.2.self_attn.q_proj", 3, 0.3, gen),
+         _delta(model, "model.layers.2.self_attn.q_proj", 1, 0.3, gen),  # two deltas on one module: summed
+         _delta(model, "model.layers.0.mlp.up_proj", 1, 0.3, gen)],
+    ]
+
+
+TINY_PROMPTS = ["Hello there, how are", "A much longer prompt about the sea, the sky and the wind over the hills", "Hi"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "model-forward"])
+def test_tiny_batch_rows_equal_their_solo_runs(tiny_llama, smol_tokenizer, fast: bool) -> None:
+    model = tiny_llama.eval()
+    rows = _tiny_rows(model)
+    prompts = [smol_tokenizer(t, return_tensors="pt")["input_ids"] for t in TINY_PROMPTS]
+    assert len({p.shape[1] for p in prompts}) == 3  # mixed lengths: padding is really exercised
+    settings = GenerationSettings(max_new_tokens=16, ignore_eos=True)
+    batch = BatchDecoder(model, smol_tokenizer, fast_path=fast)
+    texts = batch.run(prompts, settings, rows)
+    assert batch.last_path == ("llama-fast" if fast else "model")
+    for i, (ids, deltas) in enumerate(zip(prompts, rows)):
+        text, tokens = _solo(model, smol_tokenizer, ids, settings, deltas, fast)
+        assert batch.last_token_ids[i] == tokens, f"row {i} differs from its solo run"
+        assert texts[i] == text
+    base_of_row0 = _solo(model, smol_tokenizer, prompts[0], settings, [])[1]
+    assert batch.last_token_ids[0] != base_of_row0  # row 0's delta really was applied, to row 0 only
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "model-forward"])
+def test_a_row_that_stops_early_leaves_the_others_unchanged(tiny_llama, smol_tokenizer, fast: bool) -> None:
+    model = tiny_llama.eval()
+    rows = _tiny_rows(model)
+    prompts = [smol_tokenizer(t, return_tensors="pt")["input_ids"] for t in TINY_PROMPTS]
+    free = GenerationSettings(max_new_tokens=16, ignore_eos=True)
+    first = _solo(model, smol_tokenizer, prompts[0], free, rows[0])[0]
+    stop = first[len(first) // 3: len(first) // 3 + 3]  # occurs in row 0's reply after a few tokens
+    assert stop.strip(), first
+    settings = GenerationSettings(max_new_tokens=16, ignore_eos=True, stop=(stop,))
+    batch = BatchDecoder(model, smol_tokenizer, fast_path=fast)
+    texts = batch.run(prompts, settings, rows)
+    for i, (ids, deltas) in enumerate(zip(prompts, rows)):
+        assert texts[i] == _solo(model, smol_tokenizer, ids, settings, deltas, fast)[0]
+    assert texts[0] == first[: first.index(stop)]  # row 0 stopped early...
+    assert len(batch.last_token_ids[0]) < min(len(batch.last_token_ids[1]), len(batch.last_token_ids[2]))
+
+
+def test_real_model_three_users_in_one_batch_get_their_solo_replies(local_model: LocalModel) -> None:
+    model, tok = local_model.model, local_model.tokenizer
+    gen = torch.Generator().manual_seed(0)
+    users = [  # three different adapters, strong enough to change the reply
+        [_delta(model, f"model.layers.{layer}.mlp.down_proj", 2, 0.08, gen) for layer in (3, 4)],
+        [_delta(model, "model.layers.10.self_attn.q_proj", 4, 0.1, gen),
+         _delta(model, "model.layers.12.self_attn.v_proj", 4, 0.1, gen)],
+        [_delta(model, f"model.layers.{layer}.mlp.up_proj", 2, 0.3, gen) for layer in (2, 20)],
+        [],  # a user without an adapter: the base model's reply
+    ]
+    questions = ["What is the capital of France?", "Write a short poem about the sea.",
+                 "List three uses of a paperclip.", "Say hello."]
+    prompts = [local_model.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    settings = GenerationSettings(max_new_tokens=24)
+    batch = BatchDecoder(model, tok)
+    texts = batch.run(prompts, settings, users)
+    assert batch.last_path == "llama-fast"
+    for i, (ids, deltas) in enumerate(zip(prompts, users)):
+        text, tokens = _solo(model, tok, ids, settings, deltas)
+        assert batch.last_token_ids[i] == tokens, f"user {i}: {texts[i]!r} vs solo {text!r}"
+        assert texts[i] == text
+        if deltas:  # each adapter visibly changes its user's reply
+            assert text != _solo(model, tok, ids, settings, [])[0]
+    assert texts[3] == local_model.generate([{"role": "user", "content": questions[3]}], settings)
+
+
+def test_decode_batch_of_one_equals_decode_stream(tiny_llama, smol_tokenizer) -> None:
+    model = tiny_llama.eval()
+    ids = smol_tokenizer("Once upon a time", return_tensors="pt")["input_ids"]
+    settings = GenerationSettings(max_new_tokens=12, ignore_eos=True)
+    assert decode_batch(model, smol_tokenizer, [ids], settings) == [_solo(model, smol_tokenizer, ids, settings, [])[0]]
+
+
+@pytest.mark.parametrize("prompts, rows, message", [
+    ([], None, "non-empty list"),
+    ([torch.ones(2, 3, dtype=torch.long)], None, r"prompts\[0\].*shape \(1, T\)"),
+    ([torch.ones(1, 0, dtype=torch.long)], None, r"prompts\[0\]"),
+    ([torch.ones(1, 3, dtype=torch.long)] * 2, [[]], "2 prompts"),
+    ([torch.ones(1, 3, dtype=torch.long)], ["not a delta"], r"deltas_per_row\[0\]"),
+])
+def test_bad_batches_raise_a_clear_error(tiny_llama, smol_tokenizer, prompts, rows, message) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_batch(tiny_llama.eval(), smol_tokenizer, prompts, GenerationSettings(max_new_tokens=2), rows)
+
+
+def test_rows_with_deltas_of_different_shapes_on_one_module_are_refused(tiny_llama, smol_tokenizer) -> None:
+    name = "model.layers.1.mlp.down_proj"  # (64, 128)
+    good = LowRankDelta(name, torch.zeros(1, 128), torch.zeros(64, 1))
+    bad = LowRankDelta(name, torch.zeros(1, 100), torch.zeros(64, 1))
+    ids = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(InvalidRequest, match="disagree on the module's shape"):
+        decode_batch(tiny_llama.eval(), smol_tokenizer, [ids, ids], GenerationSettings(max_new_tokens=2),
+                     [[good], [bad]])
