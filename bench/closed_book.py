@@ -8,7 +8,8 @@ method; user i+1's questions are also put to user i's model. An answer is right 
 
 Figures (percentages): ``accuracy`` (current values), ``superseded_rate`` (chain slot answered with A or B),
 ``other_user_accuracy`` (another user's model on this user's questions: should stay at the base level),
-``s_per_edit``; ``base.accuracy`` is the unedited model on the same questions.
+``neutral_accuracy`` (general chat questions — capital of France, days in a week, … — still answered right
+by each user's model, all edits in), ``s_per_edit``; ``base.accuracy`` is the unedited model on the same questions.
 
     python bench/closed_book.py [--users 2] [--facts 3] [--seed 0] [--methods ft_l rome rome_chat memit_chat memit_chat_wide] [--threads 1] [--json]
 """
@@ -184,6 +185,15 @@ def answers(lm: Any, user: User, deltas: list[Any], max_new_tokens: int) -> list
             for slot in [*user.slots, user.chain] for q in eval_questions(slot)]
 
 
+def neutral_kept(lm: Any, deltas: list[Any], max_new_tokens: int) -> list[bool]:
+    """Each neutral chat question (capital of France, days in a week, ...) still answered right by the model."""
+    from editing.chat_prompts import NEUTRAL_ANSWERS, NEUTRAL_CHAT
+    from editing.checks import closed_book_answer, contains_target
+
+    return [any(contains_target(closed_book_answer(lm.model, lm.tokenizer, q, deltas, max_new_tokens), a)
+                for a in NEUTRAL_ANSWERS[q]) for q in NEUTRAL_CHAT]
+
+
 def accuracy(pairs: list[tuple[Slot, str]]) -> float:
     from editing.checks import contains_target
 
@@ -201,9 +211,10 @@ def run_method(lm: Any, users: list[User], method: str, max_new_tokens: int) -> 
         for value in user.chain.values:
             model.learn(fact_of(user.chain, value))
         models.append(model)
-    own, superseded, other, held_out = [], [], [], []
+    own, superseded, other, held_out, neutral = [], [], [], [], []
     for i, (user, model) in enumerate(zip(users, models)):
         pairs = answers(lm, user, model.deltas, max_new_tokens)
+        neutral += neutral_kept(lm, model.deltas, 16)
         own += pairs
         held_out += pairs[1::2]
         superseded += [any(contains_target(a, v) for v in s.values[:-1]) for s, a in pairs if s is user.chain]
@@ -212,7 +223,8 @@ def run_method(lm: Any, users: list[User], method: str, max_new_tokens: int) -> 
     seconds = [s for m in models for s in m.seconds]
     figures = {"accuracy": round(accuracy(own), 1), "superseded_rate": round(100 * statistics.mean(superseded), 1),
                "other_user_accuracy": round(accuracy(other), 1) if other else None,
-               "s_per_edit": round(statistics.mean(seconds), 1), "held_out_accuracy": round(accuracy(held_out), 1)}
+               "s_per_edit": round(statistics.mean(seconds), 1), "held_out_accuracy": round(accuracy(held_out), 1),
+               "neutral_accuracy": round(100 * statistics.mean(neutral), 1)}
     return figures, own
 
 
@@ -239,7 +251,8 @@ def main() -> None:
     users = make_users(args.users, args.facts, args.seed)
     lm = LocalModel.load(RuntimeConfig(cache_dir=args.cache_dir, threads=args.threads))
     base_pairs = [pair for u in users for pair in answers(lm, u, [], args.max_new_tokens)]
-    summary: dict[str, Any] = {"base": {"accuracy": round(accuracy(base_pairs), 1)}}
+    summary: dict[str, Any] = {"base": {"accuracy": round(accuracy(base_pairs), 1),
+                                        "neutral_accuracy": round(100 * statistics.mean(neutral_kept(lm, [], 16)), 1)}}
     for method in methods:
         summary[method], pairs = run_method(lm, users, method, args.max_new_tokens)
         if args.show:
@@ -249,10 +262,11 @@ def main() -> None:
     summary["setup"] = {"users": args.users, "facts": args.facts, "seed": args.seed,
                         "questions_per_user": 2 * (args.facts + 1)}
     rows = [(m, summary[m]["accuracy"], summary[m]["held_out_accuracy"], summary[m]["superseded_rate"],
-             summary[m]["other_user_accuracy"], summary[m]["s_per_edit"]) for m in methods]
-    rows.insert(0, ("base", summary["base"]["accuracy"], "", "", "", ""))
+             summary[m]["other_user_accuracy"], summary[m]["neutral_accuracy"], summary[m]["s_per_edit"])
+            for m in methods]
+    rows.insert(0, ("base", summary["base"]["accuracy"], "", "", "", summary["base"]["neutral_accuracy"], ""))
     print_table(f"closed-book chat recall, {args.users} users × ({args.facts} facts + a chain A→B→C)",
-                ["method", "accuracy %", "held-out %", "superseded %", "other user %", "s/edit"], rows)
+                ["method", "accuracy %", "held-out %", "superseded %", "other user %", "neutral %", "s/edit"], rows)
     emit_json(summary)
 
 

@@ -173,6 +173,10 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
     anchors = anchor_rows(model, tokenizer, request, hparams.anchor_questions, hparams.anchor_answer_tokens,
                           prefix=prefix)
     past = _prefix_states(model, next((r.prefix for r in train + anchors if r.prefix is not None), None))
+    # The stop margin is taken over the chat answers (the rows that open with the chat prefix; all rows
+    # when the template has none): the plain-text prompt is trained too but is not what the user asks.
+    chat = [r for r in train if r.prefix is not None] or train
+    n_chat = sum(len(r.tokens) for r in chat)
     with torch.no_grad():
         anchor_ref = _group_logp(model, anchors, past)  # (S_a, V) the answers as the model gives them now
         nll_before = float(_nll(_group_logp(model, train, past), train))
@@ -186,7 +190,7 @@ def _fit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", request
     with apply_deltas(model, deltas):
         for _ in range(hparams.num_steps):
             logp = _group_logp(model, train, past)
-            nll, margin = _nll(logp, train), _min_margin(logp, train)
+            nll, margin = _nll(logp, train), _min_margin(logp[:n_chat], chat)
             if nll.item() < hparams.stop_nll or (hparams.stop_margin is not None and margin >= hparams.stop_margin):
                 break
             kl = F.kl_div(_group_logp(model, anchors, past), anchor_ref, log_target=True, reduction="batchmean")

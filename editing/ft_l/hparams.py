@@ -24,13 +24,13 @@ class FTLHyperParams:
     # Method
     layers: tuple[int, ...] = (4, 5, 6)
     rank: int = 4
-    num_steps: int = 12  # Adam steps (stops early once the answers are likely)
+    num_steps: int = 20  # Adam steps (stops early once the answers are likely)
     lr: float = 2e-2
     stop_nll: float = 0.05  # mean NLL per answer token at which training stops
-    # ... or once every answer token leads the next-best token by this many nats (greedy answers right
-    # with room to spare; None: off)
+    # ... or once every chat answer token leads the next-best token by this many nats (greedy chat answers
+    # right with room to spare; None: off)
     stop_margin: float | None = None
-    max_norm_factor: float = 0.05  # ‖B A‖_F ≤ factor · ‖W‖_F per module (the "constrained" of FT-L)
+    max_norm_factor: float = 0.08  # ‖B A‖_F ≤ factor · ‖W‖_F per module (the "constrained" of FT-L)
     kl_factor: float = 1.0  # weight of KL(before ‖ after) over the anchors' reference answers
     anchor_answer_tokens: int = 4  # reference-answer tokens per anchor the KL is taken over
     anchor_questions: tuple[str, ...] = PERSONAL_ANCHORS + NEUTRAL_ANCHORS
