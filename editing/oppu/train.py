@@ -46,7 +46,10 @@ Progress = Callable[[int, int, float], None]  # (step done, total steps, that st
 
 @dataclass(frozen=True)
 class TrainedAdapter:
-    """A trained adapter, detached from any model: PEFT's state dict (CPU) and config, and how it was made."""
+    """A trained adapter, detached from any model: PEFT's state dict (CPU) and config, and how it was made.
+
+    ``extra`` is saved into ``pllm.json`` beside the adapter (e.g. the ids of the turns it was trained on).
+    """
 
     config: AdapterTrainConfig
     peft_config: dict[str, Any]  # PEFT's config as a dict (what adapter_config.json holds)
@@ -56,6 +59,7 @@ class TrainedAdapter:
     seconds: float = 0.0
     n_examples: int = 0
     n_replayed: int = 0
+    continued: bool = False  # trained on from a previous version's weights (a refresh), not from scratch
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -223,8 +227,10 @@ def train_adapter(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase"
     if not examples:
         raise InvalidRequest("no training examples: a user needs at least one own turn, rated reply or fact")
     base_model_id = base_model_id or base_model_id_of(model)
+    stale = isinstance(init, TrainedAdapter) and init.base_model_id != base_model_id
     init = _check_init(init, config, base_model_id)
-    replayed = _replay_sample(replay, len(examples), config) if init is not None or replay else []
+    # A re-train on a new base learns the whole history again; a refresh replays a sample of the old.
+    replayed = list(replay) if stale else _replay_sample(replay, len(examples), config)
     rows = _encode_all(tokenizer, [*examples, *replayed], config.max_tokens)
     if not rows:
         raise InvalidRequest("every example lost its target when cut to max_tokens; raise max_tokens")
@@ -263,7 +269,7 @@ def train_adapter(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase"
     log.info("trained a %s adapter on %d examples (%d replayed) in %d steps, %.1f s; loss %.3f → %.3f",
              config.kind, len(examples), len(replayed), total, seconds, losses[0], losses[-1])
     return TrainedAdapter(config, peft_config, state, base_model_id, tuple(losses), seconds,
-                          len(examples), len(replayed))
+                          len(examples), len(replayed), continued=init is not None)
 
 
 @torch.no_grad()
