@@ -77,7 +77,12 @@ def run_kind(lm: Any, users: list[Speaker], kind: str, base: dict[str, float], a
     config = AdapterTrainConfig(kind=kind, epochs=args.epochs, batch_size=args.batch_size,
                                 max_tokens=args.max_tokens, seed=args.seed)
     t0 = time.perf_counter()
-    adapters = [train_adapter(lm.model, lm.tokenizer, u.train, config, base_model_id=lm.model_id) for u in users]
+    adapters = []
+    for user in users:
+        report = lambda step, total, loss: print(f"  {kind} {user.name}: step {step}/{total} loss {loss:.3f}",  # noqa: E731
+                                                 file=sys.stderr, flush=True)
+        adapters.append(train_adapter(lm.model, lm.tokenizer, user.train, config, progress=report,
+                                      base_model_id=lm.model_id))
     train_s = time.perf_counter() - t0
     rows = []
     for i, user in enumerate(users):
