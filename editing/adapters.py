@@ -38,7 +38,7 @@ from editing.errors import InvalidRequest, StaleAdapter
 from editing.hooks import merge_per_module
 from editing.requests import LowRankDelta
 
-__all__ = ["save_lora", "load_lora", "UserView", "VersionInfo", "AdapterStore", "FORMAT"]
+__all__ = ["save_lora", "load_lora", "read_meta", "write_meta", "move_into_place", "UserView", "VersionInfo", "AdapterStore", "FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,14 @@ def _write_folder(tmp: Path, merged: Sequence[LowRankDelta], base_model_id: str,
             tensors[f"{_PREFIX}{d.module}.lora_A.weight"] = d.A.detach().to("cpu").contiguous()  # (r, in)
             tensors[f"{_PREFIX}{d.module}.lora_B.weight"] = d.B.detach().to("cpu").contiguous()  # (out, r)
         save_file(tensors, str(tmp / _WEIGHTS), metadata={"format": "pt"})
+    write_meta(tmp, base_model_id, extra)  # last: its presence marks a complete folder
+
+
+def write_meta(folder: Path, base_model_id: str, extra: Mapping[str, Any]) -> None:
+    """Write ``pllm.json`` (base-model id, pllm version, format, time, ``extra``) into ``folder``; write it last."""
     meta = {"base_model_id": base_model_id, "pllm_version": _pllm_version(), "format": FORMAT,
             "created_at": datetime.now(timezone.utc).isoformat(), "extra": dict(extra)}
-    (tmp / _META).write_text(json.dumps(meta, indent=2, default=str))  # last: its presence marks a complete folder
+    (Path(folder) / _META).write_text(json.dumps(meta, indent=2, default=str))
 
 
 def save_lora(folder: Path, deltas: Sequence[LowRankDelta], *, base_model_id: str,
@@ -101,18 +106,24 @@ def save_lora(folder: Path, deltas: Sequence[LowRankDelta], *, base_model_id: st
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     try:
         _write_folder(tmp, merged, base_model_id, extra or {})
-        if folder.exists():
-            old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        move_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
+def move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``folder``, replacing an existing one (never a half-written state)."""
+    if folder.exists():
+        old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """``folder``'s ``pllm.json``; :class:`InvalidRequest` when it is missing, corrupt or of another format."""
     path = Path(folder) / _META
     if not path.is_file():
         raise InvalidRequest(f"{folder} is not a pllm adapter folder: {_META} is missing (incomplete or not written "
@@ -136,7 +147,7 @@ def load_lora(folder: Path, *, base_model_id: str) -> list[LowRankDelta]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta = _read_meta(folder)
+    meta = read_meta(folder)
     if meta["base_model_id"] != base_model_id:
         raise StaleAdapter(f"adapter {folder} was made for base model {meta['base_model_id']!r}, but the loaded base "
                            f"is {base_model_id!r}: re-make it on the current base (re-run the user's edits / "
@@ -316,7 +327,7 @@ class AdapterStore:
         infos = []
         for number, folder in self._version_dirs(user_dir).items():
             try:
-                meta = _read_meta(folder)
+                meta = read_meta(folder)
             except InvalidRequest as err:
                 log.warning("user %s: skipping unreadable version %d: %s", user_id, number, err)
                 continue

@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 PROBE = textwrap.dedent(
     """
@@ -24,14 +27,15 @@ PROBE = textwrap.dedent(
         elif event in ("os.mkdir", "os.remove", "os.rename", "shutil.rmtree", "subprocess.Popen", "os.system"):
             events.append([event, repr(args)[:200]])
     sys.addaudithook(hook)
-    import memory, editing, agent
+    import memory, editing, agent, editing.oppu, editing.oppu.io
     sys.stdout.write(json.dumps(events))
     """
 )
 
 
 def test_importing_the_packages_does_no_io(tmp_path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    # PYTHONPATH: the packages of this checkout, not whichever one the venv's editable install points at.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     events = json.loads(out.stdout.strip().splitlines()[-1])
