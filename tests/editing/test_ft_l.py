@@ -75,3 +75,31 @@ def test_a_second_edit_computed_with_the_first_in_place_keeps_the_first(local_mo
     assert contains_target(closed_book_answer(model, tok, "Where do I live?", both), "Lisbon")
     assert contains_target(closed_book_answer(model, tok, "What's my favorite band?", both), "Radiohead")
     assert city.key != band_result.request.key
+
+
+def test_the_shared_chat_prefix_computed_once_gives_the_same_scores(tiny_llama, smol_tokenizer) -> None:
+    # FT-L computes the chat template's shared prefix once per edit and reuses its states every step; that is
+    # exact only because the delta is kept off the prefix's keys. With a delta so projected, the scores with
+    # the reused prefix must equal a plain forward over the whole rows.
+    from editing.ft_l.ft_l_main import _new_deltas, _prefix_states, _project, _scored_logp, _template_bases
+    from editing.ft_l.pairs import chat_prefix_ids, training_rows
+
+    model = tiny_llama.eval()
+    prefix = chat_prefix_ids(smol_tokenizer)
+    assert len(prefix) > 5  # SmolLM2's template opens every chat with its default system turn
+    chat, plain = training_rows(smol_tokenizer, REQUEST, include_plain=True, device=torch.device("cpu"),
+                                prefix=prefix)
+    assert chat.prefix is not None and chat.ids.shape[0] == 2 and plain.prefix is None
+    modules = ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"]
+    deltas = _new_deltas(model, modules, rank=2, seed=0)
+    with torch.no_grad():
+        for d in deltas:
+            d.B.normal_(0, 0.5)  # a delta that really changes the outputs
+        _project(deltas, _template_bases(model, smol_tokenizer, modules))
+        past = _prefix_states(model, chat.prefix)
+        with apply_deltas(model, deltas):
+            shared = _scored_logp(model, chat, past)
+            whole = _scored_logp(model, chat, None)
+        unedited = _scored_logp(model, chat, past)
+    torch.testing.assert_close(shared, whole, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(shared, unedited, atol=1e-3)  # the delta did change the answers' scores
