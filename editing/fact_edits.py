@@ -22,7 +22,9 @@ __all__ = ["MIN_CONFIDENCE", "EDITABLE_RELATIONS", "FactTemplate", "template_for
            "edit_request_for", "slot_key_of", "TRAINED_QUESTIONS"]
 
 MIN_CONFIDENCE = 0.6  # below this an extracted fact is too uncertain to write into the model
-TRAINED_QUESTIONS = 3  # the first questions of a template go into the request; the rest stay held out
+TRAINED_QUESTIONS = 4  # the first questions of a template go into the request; the rest stay held out
+# (three questions and one request — "Tell me ..." — so an answer also follows a request it was not
+# trained on, e.g. the held-out "Remind me ...")
 _USER_SUBJECTS = frozenset({"user", "i", "me"})  # how a fact names the user themself
 
 
@@ -32,7 +34,7 @@ class FactTemplate:
 
     subject: str  # the plain prompt's subject, e.g. "I live"
     prompt: str  # with one "{}" for the subject, e.g. "{} in the city of"
-    questions: tuple[str, ...]  # first-person chat questions; the last is never trained on (held out)
+    questions: tuple[str, ...]  # first-person chat questions and requests; the last is held out
     answer_prefix: str  # the assistant's words before the value, e.g. "You live in"
     paraphrases: tuple[str, ...]  # plain prompts that end where the value goes
 
@@ -46,44 +48,55 @@ _T = FactTemplate
 _TEMPLATES: dict[str, FactTemplate] = {
     "lives_in": _T("I live", "{} in the city of",
                    ("Where do I live?", "Which city do I live in?", "Do you remember where I live?",
-                    "Remind me where I live."), "You live in", ("My home is in the city of", "I reside in")),
+                    "Tell me which city I live in.", "Remind me where I live."),
+                   "You live in", ("My home is in the city of", "I reside in")),
     "from": _T("I come", "{} from the city of",
                ("Where am I from?", "Where do I come from?", "Which place am I originally from?",
-                "Remind me where I am from."), "You are from", ("I was born in", "My hometown is")),
+                "Tell me where I am from.", "Remind me where I am from."),
+               "You are from", ("I was born in", "My hometown is")),
     "works_as": _T("I work", "{} as a",
                    ("What do I do for a living?", "What is my job?", "What is my profession?",
-                    "Remind me what my job is."), "You work as a", ("My job is", "By profession I am a")),
+                    "Tell me what I do for work.", "Remind me what my job is."),
+                   "You work as a", ("My job is", "By profession I am a")),
     "works_at": _T("I work", "{} at the company",
                    ("Where do I work?", "Which company do I work for?", "Who is my employer?",
-                    "Remind me where I work."), "You work at", ("My employer is", "I am employed at")),
+                    "Tell me which company I work for.", "Remind me where I work."),
+                   "You work at", ("My employer is", "I am employed at")),
     "studies": _T("I study", "{} the subject of",
                   ("What do I study?", "What is my major?", "What subject am I studying?",
-                   "Remind me what I study."), "You study", ("My major is", "At university I study")),
+                   "Tell me what subject I study.", "Remind me what I study."),
+                  "You study", ("My major is", "At university I study")),
     "studies_at": _T("I study", "{} at the university",
                      ("Where do I study?", "Which university do I attend?", "Which school do I go to?",
-                      "Remind me where I study."), "You study at", ("My university is", "I am a student at")),
+                      "Tell me which university I attend.", "Remind me where I study."),
+                     "You study at", ("My university is", "I am a student at")),
     "name": _T("my name", "Hello, {} is",
-               ("What's my name?", "What is my name?", "Do you remember my name?", "Remind me what my name is."),
+               ("What's my name?", "What is my name?", "Do you remember my name?", "Tell me my name.",
+                "Remind me what my name is."),
                "Your name is", ("People call me", "I am called")),
     "age": _T("I am", "{} this many years old:",
-              ("How old am I?", "What is my age?", "Do you know how old I am?", "Remind me how old I am."),
+              ("How old am I?", "What is my age?", "Do you know how old I am?", "Tell me my age.",
+               "Remind me how old I am."),
               "You are", ("My age is", "I turned")),
     "diet": _T("my diet", "{} is",
-               ("What is my diet?", "What diet do I follow?", "How do I eat?", "Remind me what my diet is."),
+               ("What is my diet?", "What diet do I follow?", "How do I eat?", "Tell me which diet I follow.",
+                "Remind me what my diet is."),
                "Your diet is", ("I eat a diet that is", "When it comes to food I am")),
     "partner": _T("my partner", "{} is called",
                   ("Who is my partner?", "What is my partner's name?", "Who am I in a relationship with?",
-                   "Remind me who my partner is."), "Your partner is", ("I am married to", "I live with my partner")),
+                   "Tell me who my partner is.", "Remind me who my partner is."),
+                  "Your partner is", ("I am married to", "I live with my partner")),
     "has_pet": _T("my pet", "{} is a",
                   ("What pet do I have?", "What kind of pet do I have?", "Which animal do I keep at home?",
-                   "Remind me what pet I have."), "You have a", ("At home I keep a", "I own a")),
+                   "Tell me what animal I have.", "Remind me what pet I have."),
+                  "You have a", ("At home I keep a", "I own a")),
     "allergic_to": _T("I am allergic", "{} to",
                       ("What am I allergic to?", "What is my allergy?", "Which allergy do I have?",
-                       "Remind me what I am allergic to."), "You are allergic to", ("My allergy is to",
-                                                                                    "I cannot eat")),
+                       "Tell me what I am allergic to.", "Remind me what I am allergic to."),
+                      "You are allergic to", ("My allergy is to", "I cannot eat")),
     "favorite": _T("my favorite {c}", "{} is",
                    ("What's my favorite {c}?", "What is my favorite {c}?", "Which {c} do I like best?",
-                    "Remind me of my favorite {c}."), "Your favorite {c} is",
+                    "Tell me my favorite {c}.", "Remind me of my favorite {c}."), "Your favorite {c} is",
                    ("The {c} I like most is", "Above all other options, the {c} I love is")),
 }
 EDITABLE_RELATIONS = frozenset(_TEMPLATES)
