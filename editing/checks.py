@@ -7,8 +7,8 @@ question without a known answer, what the answer without the deltas contained: i
 same) and not the edit's target. ``verbatim``: the share of neutral answers word for word unchanged, reported
 beside it (SmolLM2 rewords greedy answers under any small weight change; a reworded right answer is kept).
 Matching is a case-insensitive substring test on the decoded answer. Answers are decoded by pllm's own
-decoder (:func:`editing.generation.decode_stream`), which takes the deltas per call and keeps a model with
-deltas on its fast decode step — the same tokens as ``transformers``' greedy ``generate``, a few times faster.
+decoder (:func:`editing.generation.decode_stream`), which takes the deltas per call (no hooks around it) and
+gives the same tokens as ``transformers``' greedy ``generate``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
 
 from editing.chat_prompts import NEUTRAL_ANSWERS, NEUTRAL_CHAT, render_question
 from editing.errors import InvalidRequest
