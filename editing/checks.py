@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-
 from editing.chat_prompts import NEUTRAL_ANSWERS, NEUTRAL_CHAT, render_question
 from editing.errors import InvalidRequest
 from editing.hooks import inference_mode_of
