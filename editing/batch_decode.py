@@ -101,7 +101,12 @@ class BatchDecoder:
             return int(self.tokenizer.pad_token_id)
         return min(eos_token_ids(self.model, self.tokenizer), default=0)  # masked out: any valid id does
 
-    def _prefill(self, input_ids: torch.Tensor, pads: torch.Tensor, rows: list[tuple[LowRankDelta, ...]],
+    def _stacks(self, rows: list[tuple[LowRankDelta, ...]]) -> dict[str, Any]:
+        """The rows' deltas stacked per module (see :func:`editing.hooks.stack_row_deltas`); {} when none."""
+        weight = self.model.get_input_embeddings().weight
+        return stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else {}
+
+    def _prefill(self, input_ids: torch.Tensor, pads: torch.Tensor, stacks: dict[str, Any],
                  model_kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """One forward over the padded batch → (last position's logits (batch, V), the filled cache)."""
         from transformers import DynamicCache
@@ -109,8 +114,6 @@ class BatchDecoder:
         columns = torch.arange(input_ids.shape[1], device=input_ids.device)
         attention_mask = (columns >= pads).long()  # (batch, T_max): 0 on padding
         position_ids = (columns - pads).clamp(min=0)  # (batch, T_max): 0 at each row's first real token
-        weight = self.model.get_input_embeddings().weight
-        stacks = stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else {}
         cache = DynamicCache(config=self.model.config)
         with apply_row_deltas(self.model, stacks):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -118,14 +121,12 @@ class BatchDecoder:
         return out.logits[:, -1, :], cache
 
     def _step(self, cache: Any, capacity: int, pads: torch.Tensor, rows: list[tuple[LowRankDelta, ...]],
-              model_kwargs: dict[str, Any]) -> _LlamaStep | _ModelStep:
+              stacks: dict[str, Any], model_kwargs: dict[str, Any]) -> _LlamaStep | _ModelStep:
         reason = self.solo._fast_reason(model_kwargs, [d for row in rows for d in row])
         if reason is None:
             return _LlamaStep(self.model, cache, capacity, pads=pads, row_deltas=rows)
         log.debug("fast decode step off for the batch: %s", reason)
-        weight = self.model.get_input_embeddings().weight
-        stacks = stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else None
-        return _ModelStep(self.model, cache, model_kwargs, pads=pads, row_loras=stacks)
+        return _ModelStep(self.model, cache, model_kwargs, pads=pads, row_loras=stacks or None)
 
     @torch.inference_mode()
     def run(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
@@ -149,8 +150,9 @@ class BatchDecoder:
         pieces: list[list[str]] = [[] for _ in prompts]
         self.last_token_ids = [text.ids for text in texts]
 
-        logits, cache = self._prefill(input_ids, pads, rows, model_kwargs)
-        step = self._step(cache, width + settings.max_new_tokens, pads, rows, model_kwargs)
+        stacks = self._stacks(rows)  # once for the prefill and the general step
+        logits, cache = self._prefill(input_ids, pads, stacks, model_kwargs)
+        step = self._step(cache, width + settings.max_new_tokens, pads, rows, stacks, model_kwargs)
         self.last_path = step.name
         active = list(range(len(prompts)))  # batch position → request row
         for n in range(settings.max_new_tokens):
