@@ -51,6 +51,17 @@ def test_bad_hparams_raise_clear_errors(tiny_llama, smol_tokenizer) -> None:
         FTLHyperParams(rank=0)
     with pytest.raises(InvalidRequest, match="model.layers.9.mlp.down_proj"):
         compute_ft_l(tiny_llama, smol_tokenizer, [REQUEST], FTLHyperParams(layers=(9,)))
+    with pytest.raises(InvalidRequest, match="stop_margin"):
+        FTLHyperParams(stop_margin=-1.0)
+
+
+def test_stop_margin_ends_training_once_the_chat_answers_are_greedy(tiny_llama, smol_tokenizer) -> None:
+    # Off (None), every step runs; at 0 nats, training stops at the first step where every chat-answer token
+    # is the model's top choice (the plain-prompt row does not count), long before the step budget.
+    runs = {m: compute_ft_l(tiny_llama, smol_tokenizer, [REQUEST],
+                            FTLHyperParams(**{**TINY, "num_steps": 40, "stop_margin": m}))[0] for m in (None, 0.0)}
+    assert runs[None].metrics["steps"] == 40
+    assert 0 < runs[0.0].metrics["steps"] < 40
 
 
 @pytest.mark.slow
