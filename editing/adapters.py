@@ -38,7 +38,7 @@ from editing.errors import InvalidRequest, StaleAdapter
 from editing.hooks import merge_per_module
 from editing.requests import LowRankDelta
 
-__all__ = ["save_lora", "load_lora", "read_meta", "write_meta", "move_into_place", "UserView", "VersionInfo", "AdapterStore", "FORMAT"]
+__all__ = ["save_lora", "load_lora", "read_meta", "write_meta", "move_into_place", "make_user_dir", "UserView", "VersionInfo", "AdapterStore", "FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,16 @@ def load_lora(folder: Path, *, base_model_id: str) -> list[LowRankDelta]:
     return deltas
 
 
+def make_user_dir(user_dir: Path, user_id: str) -> None:
+    """Create a store's folder for ``user_id`` with its ``user.json`` (so the store can list its users)."""
+    user_dir.mkdir(parents=True, exist_ok=True)
+    info = user_dir / "user.json"
+    if not info.is_file():
+        tmp = user_dir / f".user-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps({"user_id": user_id}))
+        os.replace(tmp, info)
+
+
 def _check_user(user_id: object) -> str:
     if not isinstance(user_id, str) or not user_id.strip():
         raise InvalidRequest(f"user_id must be a non-empty string, got {user_id!r}")
@@ -253,12 +263,7 @@ class AdapterStore:
         """
         user_dir = self._user_dir(user_id)
         with self._lock:
-            user_dir.mkdir(parents=True, exist_ok=True)
-            info = user_dir / "user.json"
-            if not info.is_file():
-                tmp = user_dir / f".user-{uuid.uuid4().hex[:8]}"
-                tmp.write_text(json.dumps({"user_id": user_id}))
-                os.replace(tmp, info)
+            make_user_dir(user_dir, user_id)
             version = self._next_version(user_dir)
             while True:  # another process may take the same number first: its rename wins, ours moves on
                 try:

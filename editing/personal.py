@@ -9,6 +9,7 @@ edits (:class:`~editing.user_edits.EditRegistry`) and
   (:func:`editing.checks.check_edit`: efficacy on its chat question, locality on neutral prompts);
 * retires the edit of a slot whose fact was superseded (replaced by the new one) or retracted (removed);
 * publishes the result as a new version of the user's adapter (:class:`~editing.adapters.AdapterStore`),
+  together with the user's other layers (``layers``: e.g. their style adapter, concatenated module by module),
   then records it in the registry.
 
 Working from state rather than from events makes a job safe to redo (a crash, a retry, two jobs for one
@@ -26,7 +27,7 @@ import copy
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,9 +41,12 @@ from editing.user_edits import EditRecord, EditRegistry
 if TYPE_CHECKING:  # pragma: no cover
     from editing.runtime import LocalModel
 
-__all__ = ["KnowledgeEditor", "SyncReport", "private_copy"]
+__all__ = ["KnowledgeEditor", "Layers", "SyncReport", "private_copy"]
 
 log = logging.getLogger(__name__)
+
+# A user's layers besides their edits, published with them: user id → (deltas, what to record about them).
+Layers = Callable[[str], tuple[Sequence[LowRankDelta], Mapping[str, Any]]]
 
 
 def private_copy(local: "LocalModel") -> "LocalModel":
@@ -96,7 +100,7 @@ class KnowledgeEditor:
 
     def __init__(self, local: "LocalModel", registry: EditRegistry, adapters: AdapterStore, *,
                  stats_dir: Path | None = None, method: str | None = None, hparams: Any = None,
-                 check: bool = True, clock: Callable[[], datetime] = _now) -> None:
+                 check: bool = True, clock: Callable[[], datetime] = _now, layers: Layers | None = None) -> None:
         from editing.methods import DEFAULT_METHOD, default_hparams, get_method
 
         self.local = local
@@ -108,6 +112,7 @@ class KnowledgeEditor:
         self.stats_dir = stats_dir
         self.check = check
         self.clock = clock
+        self.layers = layers
         self._stats: Any = None
         # The check's neutral answers by the set of edits in place (the "before" of the next edit's check).
         self._neutral: dict[frozenset[str], tuple[str, ...]] = {}
@@ -136,10 +141,27 @@ class KnowledgeEditor:
                 keys.setdefault(module, []).append(tensor.reshape(-1, tensor.shape[-1]))
         return deltas, {m: torch.cat(ts) for m, ts in keys.items()}
 
-    def _publish(self, user_id: str, records: Sequence[EditRecord]) -> int:
+    def _other_layers(self, user_id: str) -> tuple[list[LowRankDelta], dict[str, Any]]:
+        if self.layers is None:
+            return [], {}
+        deltas, extra = self.layers(user_id)
+        return list(deltas), dict(extra)
+
+    def _publish(self, user_id: str, records: Sequence[EditRecord],
+                 layers: tuple[Sequence[LowRankDelta], Mapping[str, Any]] | None = None) -> int:
+        """Publish the edits ``records`` with the user's other layers (``layers``, else ``self.layers``'s).
+
+        The layers are concatenated module by module (an exact sum, PEFT's ``cat`` combination).
+        """
         deltas, _ = self._tensors(records)
-        return self.adapters.publish(user_id, deltas, base_model_id=self.local.model_id,
-                                     extra={"kind": "knowledge_edits", "edits": [r.id for r in records]})
+        other, extra = (list(layers[0]), dict(layers[1])) if layers is not None else self._other_layers(user_id)
+        kind = "knowledge_edits" if not other else "edits+style"
+        return self.adapters.publish(user_id, deltas + other, base_model_id=self.local.model_id,
+                                     extra={"kind": kind, "edits": [r.id for r in records], **extra})
+
+    def publish(self, user_id: str, layers: tuple[Sequence[LowRankDelta], Mapping[str, Any]] | None = None) -> int:
+        """Publish the user's active edits with ``layers`` (deltas, extra record) — e.g. a new style adapter."""
+        return self._publish(user_id, self.registry.active(user_id), layers)
 
     # ------------------------------------------------------------------------------ reconciling
 
@@ -192,6 +214,7 @@ class KnowledgeEditor:
         model, tokenizer = self.local.model, self.local.tokenizer
         edit_id = f"edit_{uuid.uuid4().hex}"  # editing/ does not import memory/: its own id, same shape
         prior_deltas, prior_keys = self._tensors(prior)
+        prior_deltas = self._other_layers(user_id)[0] + prior_deltas  # the edit is made (and checked) as served
         t0 = time.perf_counter()
         with apply_deltas(model, prior_deltas):
             (result,) = self.method.compute(model, tokenizer, [request], self.hparams, stats=self._statistics(),

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from editing.adapters import UserView
 
-__all__ = ["RuntimeConfig", "LocalModel", "ChatTurn"]
+__all__ = ["RuntimeConfig", "LocalModel", "ChatTurn", "model_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class RuntimeConfig:
         if self.batch_window_ms < 0 or self.max_batch < 2:
             raise ValueError(f"need batch_window_ms >= 0 and max_batch >= 2, got {self.batch_window_ms}, "
                              f"{self.max_batch}")
+
+
+def model_id_for(config: RuntimeConfig) -> str:
+    """The id :meth:`LocalModel.load` would record with artifacts under ``config`` (loads no weights; the
+    packaged GGUF is converted on first use, as loading would)."""
+    return _resolve_source(config)[1]
 
 
 def _resolve_source(config: RuntimeConfig) -> tuple[Path | str, str]:

@@ -6,13 +6,14 @@ point for the three kinds, refresh from the previous version), :mod:`~editing.op
 base-model id recorded). Importing this package does no I/O; PEFT is imported when an adapter is trained.
 """
 
-from editing.oppu.config import KINDS, AdapterTrainConfig
+from editing.oppu.config import KINDS, REFRESH_CONTEXT_TURNS, AdapterTrainConfig, refresh_config
 from editing.oppu.data import TrainExample, build_examples, encode, fact_examples, own_turn_examples, rated_reply_examples
 from editing.oppu.io import load_adapter, save_adapter
 from editing.oppu.train import TrainedAdapter, attached, example_loss, train_adapter
 
 __all__ = [
     "KINDS",
+    "REFRESH_CONTEXT_TURNS",
     "AdapterTrainConfig",
     "TrainExample",
     "TrainedAdapter",
@@ -24,6 +25,7 @@ __all__ = [
     "load_adapter",
     "own_turn_examples",
     "rated_reply_examples",
+    "refresh_config",
     "save_adapter",
     "train_adapter",
 ]

@@ -73,6 +73,9 @@ def load_adapter(folder: Path, *, base_model_id: str) -> TrainedAdapter:
     except (OSError, SafetensorError, json.JSONDecodeError) as err:
         raise InvalidRequest(f"{folder} is incomplete or corrupt ({err}); train the adapter again") from None
     config = AdapterTrainConfig.from_dict(extra.pop("train_config"))
-    losses = (extra["final_loss"],) if extra.get("final_loss") is not None else ()
-    return TrainedAdapter(config, peft_config, state, meta["base_model_id"], losses,
-                          n_examples=int(extra.get("n_examples", 0)), n_replayed=int(extra.get("n_replayed", 0)))
+    final_loss = extra.pop("final_loss", None)
+    losses = (final_loss,) if final_loss is not None else ()
+    n_examples, n_replayed = int(extra.pop("n_examples", 0)), int(extra.pop("n_replayed", 0))
+    extra.pop("kind", None)
+    return TrainedAdapter(config, peft_config, state, meta["base_model_id"], losses, n_examples=n_examples,
+                          n_replayed=n_replayed, extra=extra)

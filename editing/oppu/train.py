@@ -96,9 +96,11 @@ def base_model_id_of(model: "PreTrainedModel") -> str:
 def _peft_config(config: AdapterTrainConfig, tokenizer: "PreTrainedTokenizerBase") -> Any:
     from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType
 
+    layers = list(config.layers_to_transform) if config.layers_to_transform else None
     if config.kind == "lora":
         return LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                          target_modules=config.modules(), bias="none", task_type=TaskType.CAUSAL_LM)
+                          target_modules=config.modules(), bias="none", task_type=TaskType.CAUSAL_LM,
+                          layers_to_transform=layers)
     if config.kind == "ia3":
         return IA3Config(target_modules=config.modules(), feedforward_modules=config.feedforward(),
                          task_type=TaskType.CAUSAL_LM)
@@ -171,6 +173,26 @@ def _batches(rows: Sequence[Encoded], batch_size: int, pad_id: int, device: torc
             labels[row, :n] = torch.tensor(r.labels)
             mask[row, :n] = 1
         yield {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _target_loss(model: "PreTrainedModel", peft_model: Any, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    """Mean NLL over the batch's target tokens, with the LM head run on the target positions only.
+
+    The vocabulary is large and the targets are a fraction of the tokens, so skipping the head elsewhere saves
+    about a fifth of a step. LoRA and IA3 live inside ``model``'s modules, so its decoder runs with them;
+    prompt tuning (virtual tokens PEFT prepends) and heads that do more than a projection (soft-capping,
+    scaling) take PEFT's own forward.
+    """
+    config = model.config
+    head = model.get_output_embeddings()
+    if kind == "prompt" or head is None or getattr(config, "final_logit_softcapping", None) \
+            or getattr(config, "logit_scale", None):
+        return peft_model(**batch).loss
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]  # (b, t-1): position i predicts token i+1
+    scored = labels != IGNORE
+    logits = head(hidden[:, :-1][scored])  # (targets, vocab)
+    return torch.nn.functional.cross_entropy(logits.float(), labels[scored])
 
 
 def _pad_id(tokenizer: "PreTrainedTokenizerBase") -> int:
@@ -252,7 +274,7 @@ def train_adapter(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase"
                 order_rng.shuffle(order)
                 for batch in _batches(rows, config.batch_size, _pad_id(tokenizer), device, order):
                     with _autocast(device):
-                        loss = peft_model(**batch).loss  # mean NLL over the batch's target tokens
+                        loss = _target_loss(model, peft_model, batch, config.kind)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()

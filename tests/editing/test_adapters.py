@@ -265,3 +265,46 @@ def test_concurrent_users_each_get_their_own_reply(local_model: LocalModel) -> N
     for t in threads:
         t.join()
     assert replies == {user: [solo[user]] * 3 for user in views}
+
+
+def test_layers_combine_exactly_as_peft_cat(tiny_llama, tmp_path: Path) -> None:
+    """The published adapter (edits + style, concatenated per module) equals PEFT's add_weighted_adapter 'cat'."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    from editing.adapters import AdapterStore
+    from editing.hooks import apply_deltas
+    from editing.requests import LowRankDelta
+
+    model = tiny_llama.eval()
+    gen = torch.Generator().manual_seed(1)
+    edits = [LowRankDelta("model.layers.1.mlp.down_proj", torch.randn(1, 128, generator=gen),
+                          torch.randn(64, 1, generator=gen) * 0.1)]
+    shapes = {"self_attn.q_proj": (64, 64), "self_attn.v_proj": (64, 32), "mlp.down_proj": (128, 64)}  # in, out
+    style = [LowRankDelta(f"model.layers.{i}.{name}", torch.randn(4, d_in, generator=gen) * 0.1,
+                          torch.randn(d_out, 4, generator=gen) * 0.1)
+             for i in range(2) for name, (d_in, d_out) in shapes.items()]  # layer 1's down_proj carries both
+    store = AdapterStore(tmp_path / "adapters")
+    store.publish("ann", edits + style, base_model_id="tiny")
+    view = store.view("ann", base_model_id="tiny")
+    ids = torch.randint(0, 100, (1, 12), generator=gen)
+    with torch.no_grad(), apply_deltas(model, view.deltas):
+        ours = model(ids).logits
+
+    def config(ds):
+        r = max(d.rank for d in ds)
+        return LoraConfig(r=r, lora_alpha=r, target_modules=[d.module for d in ds], lora_dropout=0.0)
+
+    def state(ds):
+        return {f"base_model.model.{d.module}.lora_{x}.weight": getattr(d, x) for d in ds for x in "AB"}
+
+    peft_model = get_peft_model(model, config(edits), adapter_name="edits")
+    peft_model.add_adapter("style", config(style))
+    set_peft_model_state_dict(peft_model, state(edits), adapter_name="edits")
+    set_peft_model_state_dict(peft_model, state(style), adapter_name="style")
+    peft_model.add_weighted_adapter(["edits", "style"], [1.0, 1.0], "combined", combination_type="cat")
+    peft_model.set_adapter("combined")
+    with torch.no_grad():
+        theirs = peft_model(ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), apply_deltas(model, edits):
+        assert (model(ids).logits - theirs).abs().max() > 1e-3  # the style layer really is in the sum

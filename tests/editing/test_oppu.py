@@ -73,6 +73,8 @@ def lora(local_model):  # -> (TrainedAdapter, base state before training)
     (dict(kind="adalora"), "kind"), (dict(r=0), "r must"), (dict(epochs=0), "epochs"), (dict(lr=5.0), "lr"),
     (dict(target_modules="q_proj"), "not one string"), (dict(target_modules=("model.layers.{}.mlp",)), "layers"),
     (dict(dropout=1.0), "dropout"), (dict(replay_fraction=-1), "replay_fraction"), (dict(max_tokens=2), "max_tokens"),
+    (dict(layers_to_transform=()), "layers_to_transform"), (dict(layers_to_transform=(1, -2)), "layers_to_transform"),
+    (dict(kind="ia3", layers_to_transform=(1,)), "LoRA only"),
 ])
 def test_bad_config_is_a_clear_error(bad, words):
     with pytest.raises(InvalidRequest, match=words):
@@ -86,6 +88,16 @@ def test_templates_expand_over_layers_and_kinds_have_defaults():
     assert ia3.feedforward() == ["down_proj"] and "down_proj" in ia3.modules()
     assert AdapterTrainConfig(kind="prompt").learning_rate > AdapterTrainConfig().learning_rate
     assert AdapterTrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_the_refresh_config_trains_the_upper_half_and_round_trips():
+    from editing.oppu import refresh_config
+
+    config = refresh_config(30)
+    assert config.kind == "lora" and config.layers_to_transform == tuple(range(15, 30))
+    assert AdapterTrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(InvalidRequest, match="num_layers"):
+        refresh_config(0)
 
 
 def test_examples_come_from_own_turns_rated_replies_and_current_facts_only():
@@ -126,6 +138,23 @@ def test_lora_lowers_held_out_loss_and_leaves_the_base_as_it_was(local_model, lo
     assert own < 0.85 * base, f"held-out loss {own:.3f} vs base {base:.3f}"
     _assert_as_before(model, before)
     assert adapter.base_model_id == local_model.model_id and not adapter.continued
+
+
+def test_the_first_step_scores_targets_as_the_whole_model_does_and_layers_can_be_limited(local_model):
+    """Training runs the LM head on the target positions only: its first loss (a fresh LoRA changes nothing yet)
+    is the base model's mean NLL over the same targets, computed the usual way (all positions' logits)."""
+    from editing.oppu import refresh_config
+
+    model, tok = local_model.model, local_model.tokenizer
+    config = refresh_config(model.config.num_hidden_layers)
+    one_batch = TRAIN[:6]
+    adapter = train_adapter(model, tok, one_batch, AdapterTrainConfig(**{**config.to_dict(), "epochs": 1,
+                                                                            "batch_size": 6, "dropout": 0.0}),
+                            base_model_id=local_model.model_id)
+    assert adapter.losses[0] == pytest.approx(example_loss(model, tok, one_batch, max_tokens=config.max_tokens),
+                                              abs=1e-3)
+    layers = {int(d.module.split(".")[2]) for d in adapter.lora_deltas()}
+    assert layers == set(config.layers_to_transform)
 
 
 def test_lora_serves_through_the_edit_view_path(local_model, lora):
