@@ -330,6 +330,10 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(edit_app, name="edit")
 app.command("worker")(worker)
 
+from agent.cli_adapters import adapters_app  # noqa: E402 - one-way, like the scenario commands
+
+app.add_typer(adapters_app, name="adapters")
+
 
 def main() -> None:
     """Entry point of the ``pllm`` script."""

@@ -106,7 +106,7 @@ def _model_worker(s: "Settings") -> Iterator["UpdateWorker"]:
     """A worker over the home's job store with the model-level handlers, on a freshly loaded model."""
     from agent.jobs import JobStore
     from agent.policy import UpdateWorker
-    from agent.stack import MODEL_HANDLERS
+    from agent.stack import register_model_handlers
     from editing import LocalModel
     from memory.service import Memory
 
@@ -116,8 +116,7 @@ def _model_worker(s: "Settings") -> Iterator["UpdateWorker"]:
     jobs = JobStore.under(s.home)
     worker = UpdateWorker(store=jobs, outbox=memory.graph.log_after)
     try:
-        for kind, factory in MODEL_HANDLERS.items():
-            worker.register(kind, factory(local, memory, s))  # type: ignore[arg-type]
+        register_model_handlers(worker, local, memory, s)
         yield worker
     finally:
         worker.close()
@@ -164,20 +163,19 @@ def edit_undo(user: UserOpt, edit_id: Annotated[str, typer.Argument(metavar="EDI
               home: HomeOpt = None, model: ModelOpt = None, verbose: VerboseOpt = 0) -> None:
     """Remove one edit and publish the user's adapter without it (the fact itself stays in memory)."""
     setup(verbose)
-    from agent.model_level import adapter_store, edit_registry
-    from editing.personal import KnowledgeEditor
+    from agent.model_level import open_editor
+    from editing import LocalModel
 
     s = settings(home, model=model)
-    registry = edit_registry(s.home)
+    editor = None
     try:
-        from editing import LocalModel
-
-        local = LocalModel.load(s.runtime_config())
-        version = KnowledgeEditor(local, registry, adapter_store(s.home), check=False).undo(user, edit_id)
+        editor = open_editor(LocalModel.load(s.runtime_config()), s, private=False)  # keeps the style layer
+        version = editor.undo(user, edit_id)
     except PLLM_ERRORS as exc:
         fail(exc)
     finally:
-        registry.close()
+        if editor is not None:
+            editor.registry.close()
     console.print(f"undid {escape(edit_id)} of {escape(user)}: published adapter v{version}")
 
 

@@ -129,11 +129,16 @@ def make_remember_node(memory: "Memory", *, remember_replies: bool = True,
 
 def make_adapt_node(policy: "UpdatePolicy", worker: "UpdateWorker", *, now: Callable[[], Any],
                     ) -> Callable[[MemoryState, Runtime[Any]], dict[str, Any]]:
-    """``adapt``: change events → model-update jobs, handed to the background worker (never blocks)."""
+    """``adapt``: change events → model-update jobs, handed to the background worker, and the user's turn to the
+    worker's turn watchers (never blocks)."""
 
     def adapt(state: MemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
-        jobs = policy.plan(user_of(runtime), state.get("events") or [], now())
+        user_id = user_of(runtime)
+        jobs = policy.plan(user_id, state.get("events") or [], now())
         worker.submit(jobs)
+        said = next((m for m in reversed(state.get("messages") or []) if isinstance(m, HumanMessage)), None)
+        if said is not None and isinstance(said.content, str) and said.content.strip():
+            worker.observe(user_id, said.content)  # turn watchers (style drift, N new turns) queue their work
         return {"jobs": [j.kind for j in jobs]}
 
     return adapt

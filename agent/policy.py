@@ -114,6 +114,7 @@ class UpdateWorker:
     max_attempts: int = 3
     backoff_s: float = 1.0
     poll_s: float = 0.5
+    watchers: list[Callable[[str, str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from agent.jobs import JobStore
@@ -129,19 +130,36 @@ class UpdateWorker:
         self._recovered = False
 
     def register(self, kind: JobKind, handler: Handler) -> None:
+        """Run ``kind`` jobs with ``handler``. A handler that also watches turns (it has ``observe(user_id,
+        text)``) is given every user turn by :meth:`observe`; one with ``attach(worker)`` is handed this worker
+        (so it can submit jobs of its own)."""
         self.handlers[kind] = handler
+        attach = getattr(handler, "attach", None)
+        if callable(attach):
+            attach(self)
+        observe = getattr(handler, "observe", None)
+        if callable(observe):
+            self.watchers.append(observe)
         if kind == "knowledge_edit" and self.outbox is not None:
             self.poke()
+
+    def observe(self, user_id: str, text: str) -> None:
+        """Hand one user turn to every watcher (they must not block: they queue the work for later)."""
+        for watch in self.watchers:
+            try:
+                watch(user_id, text)
+            except Exception:  # noqa: BLE001 - a watcher's failure never breaks the turn
+                log.exception("a turn watcher failed on %s's turn", user_id)
 
     # ------------------------------------------------------------------------------ feeding
 
     def submit(self, jobs: Sequence[Job]) -> list[int]:
-        """Store ``jobs`` (a queued knowledge edit for the same user absorbs a new one) and wake the thread."""
+        """Store ``jobs`` (a queued job of the same kind for the same user absorbs a new one) and wake the thread."""
         from agent.views import describe_event
 
         assert self.store is not None
         ids = [self.store.add(j.kind, j.user_id, j.summary or [describe_event(e, j.user_id) for e in j.events],
-                              j.created_at, coalesce=j.kind == "knowledge_edit") for j in jobs]
+                              j.created_at, coalesce=True) for j in jobs]
         if jobs:
             self.poke()
         return ids
@@ -262,3 +280,7 @@ class UpdateWorker:
         self._wake.set()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=30)
+        for handler in self.handlers.values():
+            close = getattr(handler, "close", None)
+            if callable(close):
+                close()

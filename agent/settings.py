@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     repetition_penalty: float = Field(default=1.15, gt=0.0, description="> 1 discourages loops in small models")
     model_updates: bool = Field(default=True, description="run model-level jobs (knowledge edits into each user's "
                                 "adapter) on a background worker; off: input-level personalization only")
+    adapter_refresh_every: int = Field(default=50, ge=0, description="refresh a user's style adapter after this "
+                                       "many new turns (0: off)")
+    style_watch: bool = Field(default=True, description="watch each turn's perplexity under the user's adapter and "
+                              "refresh it when the user's language drifts")
 
     @field_validator("home", "model_cache", mode="before")
     @classmethod

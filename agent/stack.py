@@ -19,28 +19,53 @@ if TYPE_CHECKING:  # pragma: no cover
     from agent.capabilities import Capabilities
     from agent.graph import PersonalAgent
     from agent.lifecycle import UserData
-    from agent.policy import Handler
+    from agent.model_level import ModelWorkspace
+    from agent.policy import Handler, UpdateWorker
     from editing import GenerationSettings, LocalModel
     from memory import Clock, Embedder, MemoryConfig
     from memory.service import Memory
 
-__all__ = ["Stack", "build_stack", "MODEL_HANDLERS", "stack_capabilities"]
+__all__ = ["Stack", "build_stack", "MODEL_HANDLERS", "register_model_handlers", "stack_capabilities"]
 
 log = logging.getLogger(__name__)
 
-def _knowledge_edit(local: "LocalModel", memory: "Memory", settings: Settings) -> "Handler":
+def _knowledge_edit(workspace: "ModelWorkspace") -> "Handler":
     from agent.model_level import knowledge_edit_handler
 
-    return knowledge_edit_handler(local, memory, settings)
+    return knowledge_edit_handler(workspace)
+
+
+def _adapter_refresh(workspace: "ModelWorkspace") -> "Handler":
+    from agent.adapter_level import AdapterRefresher
+
+    s = workspace.settings
+    return AdapterRefresher(workspace, refresh_every=s.adapter_refresh_every, watch_style=s.style_watch)
 
 
 # Model-level job handlers the stack registers on its update worker (when ``settings.model_updates``): job
-# kind → factory building the handler from the stack's local model, memory and settings. Knowledge edits
-# today; preference weights and adapter refresh add theirs here, which is also what
-# :func:`stack_capabilities` reports.
-MODEL_HANDLERS: Mapping[str, Callable[["LocalModel", "Memory", Settings], "Handler"]] = {
+# kind → factory building the handler from the stack's :class:`~agent.model_level.ModelWorkspace` (the local
+# model, memory, settings and the private model copy the handlers share). Preference weights add theirs
+# here, which is also what :func:`stack_capabilities` reports.
+MODEL_HANDLERS: Mapping[str, Callable[["ModelWorkspace"], "Handler"]] = {
     "knowledge_edit": _knowledge_edit,
+    "adapter_refresh": _adapter_refresh,
 }
+
+
+def register_model_handlers(worker: "UpdateWorker", local: "LocalModel", memory: "Memory", settings: Settings) -> None:
+    """Register :data:`MODEL_HANDLERS` on ``worker`` over one shared workspace, and queue a from-scratch
+    refresh for every user whose style adapter was made on another base model."""
+    from agent.model_level import ModelWorkspace
+    from agent.policy import Job
+
+    workspace = ModelWorkspace(local, memory, settings)
+    for kind, factory in MODEL_HANDLERS.items():
+        worker.register(kind, factory(workspace))  # type: ignore[arg-type]
+    refresher = worker.handlers.get("adapter_refresh")
+    stale = refresher.stale_users() if hasattr(refresher, "stale_users") else []
+    now = memory.clock.now()
+    worker.submit([Job("adapter_refresh", user, (), now, summary=(f"the base model is now {local.model_id}: "
+                                                                 "retrain the style adapter",)) for user in stale])
 
 
 @dataclass
@@ -92,8 +117,7 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     if isinstance(chat_model, PllmChatModel) and not settings.model_updates:
         agent.capability_note = MODEL_UPDATES_OFF
     if isinstance(chat_model, PllmChatModel) and settings.model_updates:
-        for kind, factory in MODEL_HANDLERS.items():
-            agent.worker.register(kind, factory(chat_model.local, memory, settings))  # type: ignore[arg-type]
+        register_model_handlers(agent.worker, chat_model.local, memory, settings)
     return Stack(settings=settings, memory=memory, agent=agent, local=local if isinstance(chat_model, PllmChatModel) else None)
 
 

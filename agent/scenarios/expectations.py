@@ -25,8 +25,12 @@ Matching rules (all string comparisons case-insensitive):
   greedily; checked like ``reply``. ``edit``: the same model's plain greedy continuation of ``prompt``
   contains ``target``. A failure lists the user's failed jobs.
 
-``adapter``, ``weight`` and ``drift: {dimension: ...}`` fail with :data:`NOT_SUPPORTED` until their
-model-level handlers exist; each will be one function registered here.
+* ``adapter`` (model level): after the worker has finished, the user's published adapter holds ``kind``:
+  ``edits`` (a knowledge edit, in adapter version ``min_version`` or later) or ``style`` (a style layer of
+  version ``min_version`` or later).
+
+``adapter: {kind: preference}``, ``weight`` and ``drift: {dimension: ...}`` fail with :data:`NOT_SUPPORTED`
+until preference alignment exists; each will be one function registered here.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from memory.relations import normalize_relation
 from editing.generation import GenerationSettings
 
 from agent.scenarios.format import (
+    AdapterExpect,
     ClosedBookExpect,
     DriftExpect,
     EditExpect,
@@ -307,6 +312,9 @@ def _user_view(ctx: CheckContext, user: str) -> "tuple[Any, Outcome | None]":
     stack = ctx.stack
     if stack.local is None:
         return None, Outcome(False, "closed-book checks need pllm's local model (this stack uses another chat model)")
+    watcher = stack.agent.worker.handlers.get("adapter_refresh")
+    if hasattr(watcher, "wait_idle"):  # turns still being scored may yet queue a refresh
+        watcher.wait_idle(MODEL_JOBS_TIMEOUT_S)
     if not stack.agent.worker.wait_idle(MODEL_JOBS_TIMEOUT_S):
         return None, Outcome(False, f"model-update jobs still running after {MODEL_JOBS_TIMEOUT_S:.0f} s")
     return stack.agent.chat_model.view_for(user), None  # type: ignore[attr-defined]
@@ -351,6 +359,32 @@ def check_edit(ctx: CheckContext, exp: EditExpect) -> Outcome:
     return out if out.passed else Outcome(False, out.detail + _failed_jobs(ctx, user))
 
 
+def check_adapter(ctx: CheckContext, exp: AdapterExpect) -> Outcome:
+    """The user's published adapter holds a layer of ``adapter_kind``: ``edits`` (at least one knowledge edit, in
+    adapter version ``min_version`` or later) or ``style`` (a style layer of version ``min_version`` or later)."""
+    from agent.model_level import adapter_store
+
+    if exp.adapter_kind == "preference":
+        return not_supported(ctx, exp)
+    user = ctx.user_of(exp)
+    view, problem = _user_view(ctx, user)
+    if problem is not None:
+        return problem
+    info = next((v for v in adapter_store(ctx.stack.settings.home).versions(user) if v.published), None)
+    if view is None or info is None:
+        return Outcome(False, "no adapter published for the user (the base model serves them)" + _failed_jobs(ctx, user))
+    if exp.adapter_kind == "edits":
+        n, number = len(info.extra.get("edits", [])), info.version
+        ok = n > 0 and number >= exp.min_version
+        detail = f"adapter v{number} with {n} edit(s)"
+    else:
+        number = info.extra.get("style_version")
+        ok = isinstance(number, int) and number >= exp.min_version
+        detail = f"adapter v{info.version} with style layer {'v' + str(number) if number else 'none'}"
+    return Outcome(ok, detail + ("" if ok else f" (wanted {exp.adapter_kind} v{exp.min_version} or later)"
+                                 + _failed_jobs(ctx, user)))
+
+
 def not_supported(ctx: CheckContext, exp: Expectation) -> Outcome:
     """Model-level expectations until their handlers exist (replace the entry in :data:`CHECKS`)."""
     return Outcome(False, NOT_SUPPORTED, unsupported=True)
@@ -366,7 +400,7 @@ CHECKS: dict[str, Check] = {
     "weight": not_supported,
     "edit": check_edit,
     "closed_book": check_closed_book,
-    "adapter": not_supported,
+    "adapter": check_adapter,
 }
 
 

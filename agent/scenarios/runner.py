@@ -47,7 +47,7 @@ DEFAULT_MAX_NEW_TOKENS = 24
 
 
 # Expectation kinds that read the user's model (they turn the stack's model updates on).
-MODEL_LEVEL_KINDS = frozenset({"edit", "closed_book"})
+MODEL_LEVEL_KINDS = frozenset({"edit", "closed_book", "adapter"})
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,8 @@ class ScenarioRunner:
 
         tokens = min(self.options.max_new_tokens, scenario.max_new_tokens or self.options.max_new_tokens)
         # Knowledge edits cost seconds each: they run exactly for the scenarios that check the model level.
-        model_level = any(e.kind in MODEL_LEVEL_KINDS for session in scenario.sessions for e in session.expect)
+        model_level = any(e.kind in MODEL_LEVEL_KINDS and getattr(e, "adapter_kind", "") != "preference"
+                          for session in scenario.sessions for e in session.expect)
         settings = self.settings.model_copy(update={"home": home, "max_new_tokens": tokens,
                                                     "model_updates": model_level})
         clock = ManualClock(scenario.sessions[0].at)

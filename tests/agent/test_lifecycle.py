@@ -58,7 +58,7 @@ def test_export_forget_import_round_trip_covers_memory_threads_and_store(make_st
 
     removed = stack.user_data.forget("ana")
     assert removed["threads"] == {"threads": 2} and removed["store"] == {"store_items": 1}
-    assert removed["model"] == {"edits": 0, "adapter_versions": 0, "jobs": len(model["jobs"])}
+    assert removed["model"] == {"edits": 0, "adapter_versions": 0, "style_versions": 0, "jobs": len(model["jobs"])}
     assert removed["memory"]["episodes"] == 4
     with pytest.raises(NoUserData, match="nothing is stored about user 'ana'"):
         agent.export("ana")

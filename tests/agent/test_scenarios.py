@@ -224,7 +224,7 @@ sessions:
       - reply: {to: "Where do I live?", contains: ["zzqx"]}
       - drift: {dimension: verbosity}
       - weight: {dimension: verbosity, sign: -1}
-      - adapter: {kind: style}
+      - adapter: {kind: preference}
 """
 SMALL_PASSES = [True, False, True, False, True, False, True, False,
                 True, False, True, True, True, False, False, True, False, False, False, False]
