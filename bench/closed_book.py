@@ -11,7 +11,12 @@ Figures (percentages): ``accuracy`` (current values), ``superseded_rate`` (chain
 ``neutral_accuracy`` (general chat questions — capital of France, days in a week, … — still answered right
 by each user's model, all edits in), ``s_per_edit``; ``base.accuracy`` is the unedited model on the same questions.
 
-    python bench/closed_book.py [--users 2] [--facts 3] [--seed 0] [--methods ft_l rome rome_chat memit_chat memit_chat_wide] [--threads 1] [--json]
+Besides the editing methods, ``adapter`` is the user's style adapter as pllm's refresh trains it
+(:func:`editing.oppu.refresh_config`) on their own turns (``--turns`` everyday turns) and the Q/A pairs of their *current* facts, and
+``adapter+METHOD`` is that adapter with METHOD's edits computed on top of it — the published combination.
+Their ``s_per_edit`` is the adapter's training time per fact (plus the edits').
+
+    python bench/closed_book.py [--users 2] [--facts 3] [--seed 0] [--methods ft_l rome rome_chat memit_chat memit_chat_wide adapter adapter+ft_l] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -142,17 +147,44 @@ def method_spec(name: str) -> tuple[str, Any, bool]:
         sys.exit(f"bad override for {name}: {exc}")
 
 
-class UserModel:
-    """One user's active edits by slot key; a new value of a slot replaces that slot's edit."""
+_TURNS = ["Morning! Slept badly, the neighbours had a party again.", "Work was long today, lots of meetings.",
+          "I finally finished that novel I told you about.", "Thinking of cooking something new this weekend.",
+          "The weather is so grey lately, I miss the sun.", "Went for a run by the river, felt great.",
+          "My phone keeps dying, need a new battery.", "Any ideas for a quiet evening at home?"]
 
-    def __init__(self, lm: Any, method: str) -> None:
+
+def train_style_adapter(lm: Any, user: User, turns: int) -> tuple[list[Any], float]:
+    """The user's style adapter as the worker's refresh trains it: own turns + current facts' Q/A pairs,
+    :func:`editing.oppu.refresh_config`."""
+    from editing.oppu import REFRESH_CONTEXT_TURNS, build_examples, refresh_config, train_adapter
+
+    dialogue = []
+    for i in range(turns):
+        dialogue += [{"role": "user", "content": _TURNS[i % len(_TURNS)]}, {"role": "assistant", "content": "I see."}]
+    facts = [fact_of(slot, slot.current) for slot in [*user.slots, user.chain]]  # current values only
+    examples = build_examples(dialogue, facts, context_turns=REFRESH_CONTEXT_TURNS)
+    t0 = time.perf_counter()
+    adapter = train_adapter(lm.model, lm.tokenizer, examples, refresh_config(int(lm.model.config.num_hidden_layers)),
+                            base_model_id=lm.model_id)
+    return adapter.lora_deltas(), time.perf_counter() - t0
+
+
+class UserModel:
+    """One user's active edits by slot key; a new value of a slot replaces that slot's edit.
+
+    ``under``: deltas beneath the edits (the user's style adapter): in place while each edit is computed, and
+    part of the user's model.
+    """
+
+    def __init__(self, lm: Any, method: str, under: list[Any] | None = None) -> None:
         self.lm, self.spec = lm, method_spec(method)
+        self.under = list(under or [])
         self.edits: dict[str, list[Any]] = {}  # key → EditResults
         self.seconds: list[float] = []
 
     @property
     def deltas(self) -> list[Any]:
-        return [d for results in self.edits.values() for r in results for d in r.deltas]
+        return self.under + [d for results in self.edits.values() for r in results for d in r.deltas]
 
     def learn(self, fact: Any) -> None:
         import torch
@@ -200,16 +232,35 @@ def accuracy(pairs: list[tuple[Slot, str]]) -> float:
     return 100 * statistics.mean(contains_target(a, s.current) for s, a in pairs)
 
 
-def run_method(lm: Any, users: list[User], method: str, max_new_tokens: int) -> tuple[dict[str, float], list[Any]]:
+class AdapterOnly:
+    """A user's model that is their style adapter alone (no edits)."""
+
+    def __init__(self, deltas: list[Any], seconds: float, n_facts: int) -> None:
+        self.deltas, self.seconds = deltas, [seconds / n_facts] * n_facts
+
+
+def run_method(lm: Any, users: list[User], method: str, max_new_tokens: int,
+               turns: int = 8) -> tuple[dict[str, float], list[Any]]:
     from editing.checks import contains_target
 
-    models = []
+    models: list[Any] = []
+    adapter, _, edit_method = method.partition("+")
+    if adapter != "adapter":
+        adapter, edit_method = "", method
     for user in users:
-        model = UserModel(lm, method)
+        n_facts = len(user.slots) + 1
+        if adapter:
+            style, train_s = train_style_adapter(lm, user, turns)
+            if not edit_method:
+                models.append(AdapterOnly(style, train_s, n_facts))
+                continue
+        model = UserModel(lm, edit_method, under=style if adapter else None)
         for slot in user.slots:
             model.learn(fact_of(slot, slot.current))
         for value in user.chain.values:
             model.learn(fact_of(user.chain, value))
+        if adapter:
+            model.seconds = [s + train_s / n_facts for s in model.seconds]
         models.append(model)
     own, superseded, other, held_out, neutral = [], [], [], [], []
     for i, (user, model) in enumerate(zip(users, models)):
@@ -235,6 +286,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=None, help="bench methods (default: the library default)")
     p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--turns", type=int, default=8, help="everyday own turns in each user's adapter training data")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (1: on a shared 2-core CPU two threads were ~5x slower)")
     p.add_argument("--cache-dir", type=Path, default=Path(".pllm-home") / "models")
@@ -247,14 +299,15 @@ def main() -> None:
 
     methods = args.methods or [DEFAULT_METHOD]
     for m in methods:
-        method_spec(m)
+        if m != "adapter":
+            method_spec(m.removeprefix("adapter+"))
     users = make_users(args.users, args.facts, args.seed)
     lm = LocalModel.load(RuntimeConfig(cache_dir=args.cache_dir, threads=args.threads))
     base_pairs = [pair for u in users for pair in answers(lm, u, [], args.max_new_tokens)]
     summary: dict[str, Any] = {"base": {"accuracy": round(accuracy(base_pairs), 1),
                                         "neutral_accuracy": round(100 * statistics.mean(neutral_kept(lm, [], 16)), 1)}}
     for method in methods:
-        summary[method], pairs = run_method(lm, users, method, args.max_new_tokens)
+        summary[method], pairs = run_method(lm, users, method, args.max_new_tokens, args.turns)
         if args.show:
             for slot, answer in pairs:
                 print(f"[{method}] {slot.relation}/{slot.category} = {slot.current!r}: {answer!r}")
