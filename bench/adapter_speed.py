@@ -13,12 +13,17 @@ Every figure beside its baseline, measured in the same run:
   after another (:class:`editing.generation.Decoder`, the fast step). Each reply is exactly ``--tokens``
   greedy tokens; prompts differ in length. Goal ≥ 2.5×. ``agree`` checks the batch rows equal the serial
   replies token for token.
-* ``refresh_s`` — adapter training is another part of issue 11: printed as null here.
+* ``refresh_s`` — one refresh of a user's style adapter as the worker runs it (:func:`editing.oppu.refresh_config`:
+  LoRA r 8 on q/v of the upper half of the layers, 2 epochs, batches of 8, 128 tokens) on ``--refresh-turns``
+  (200) of their turns, each after the turns before it, continuing from their current version. Baseline: a full fine-tune of the same model on the same
+  batches (AdamW on every weight) — seconds per step measured over 3 steps, scaled to the refresh's steps.
+  Goal ≤ 120 s on this CPU.
 
     python bench/adapter_speed.py [--tokens 48] [--users 4] [--repeats 2] [--threads N] [--json]
-                                  [--cache-dir DIR] [--model PATH] [--device cpu|cuda] [--limit N]
+                                  [--refresh-turns 200] [--cache-dir DIR] [--model PATH] [--device cpu|cuda]
+                                  [--limit N]
 
-``--limit N`` caps ``--tokens`` for a quick run.
+``--limit N`` caps ``--tokens`` and ``--refresh-turns`` for a quick run.
 """
 
 from __future__ import annotations
@@ -147,6 +152,66 @@ def _batched_vs_serial(lm, views: list, tokens: int, repeats: int) -> dict:
             "path": batch_decoder.last_path, "prompt_tokens": [p.shape[1] for p in prompts]}
 
 
+_SUBJECTS = ["my sister", "the neighbour's dog", "our team at work", "the bakery on the corner", "my old bike",
+             "the new manager", "my grandmother", "the night bus", "the garden", "my flatmate"]
+_HAPPENINGS = ["kept me up all night again", "surprised everyone this morning", "is driving me a bit crazy lately",
+               "turned out better than I expected", "reminded me of our trip to the coast",
+               "needs fixing before the weekend", "made the whole day worth it", "was the talk of the office"]
+_ENDINGS = ["honestly.", "no joke!", "can you believe it?", "so that's my week.", "anyway, how are you?",
+            "what would you do?"]
+
+
+def _history(n: int) -> list[dict]:
+    """``n`` user turns (distinct, everyday), each answered by a short assistant turn."""
+    dialogue = []
+    for i in range(n):
+        text = (f"{_SUBJECTS[i % len(_SUBJECTS)].capitalize()} {_HAPPENINGS[(i // 3) % len(_HAPPENINGS)]}, "
+                f"{_ENDINGS[(i // 7) % len(_ENDINGS)]} (day {i + 1})")
+        dialogue += [{"role": "user", "content": text}, {"role": "assistant", "content": "Tell me more about it."}]
+    return dialogue
+
+
+def _refresh(lm, turns: int) -> dict:
+    """A refresh on ``turns`` new turns (from a version trained on 8 earlier ones) vs full fine-tuning steps."""
+    import math
+
+    import torch
+
+    import dataclasses
+
+    from editing.oppu import REFRESH_CONTEXT_TURNS, build_examples, refresh_config, train_adapter
+    from editing.oppu.train import _batches, _encode_all, _pad_id
+
+    config = refresh_config(int(lm.model.config.num_hidden_layers))  # what the worker's refresh uses
+    history = _history(turns + 8)
+    old = build_examples(history[:16], context_turns=REFRESH_CONTEXT_TURNS)
+    new = build_examples(history[16:], context_turns=REFRESH_CONTEXT_TURNS)[:turns]
+    first = train_adapter(lm.model, lm.tokenizer, old, dataclasses.replace(config, epochs=1), base_model_id=lm.model_id)
+    t0 = time.perf_counter()
+    refreshed = train_adapter(lm.model, lm.tokenizer, new, dataclasses.replace(config, replay_fraction=0.0),
+                              init=first, base_model_id=lm.model_id)
+    refresh_s = time.perf_counter() - t0
+    steps = len(refreshed.losses)
+    # Baseline: full fine-tuning on the same batches (a copy of the model: the served one is never trained).
+    rows = _encode_all(lm.tokenizer, new, config.max_tokens)
+    full = __import__("copy").deepcopy(lm.model).train()
+    optimizer = torch.optim.AdamW(full.parameters(), lr=1e-5)
+    batches = _batches(rows, config.batch_size, _pad_id(lm.tokenizer), lm.plan.device, range(len(rows)))
+    times = []
+    for _, batch in zip(range(4), batches):  # the first is a warm-up
+        t1 = time.perf_counter()
+        full(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t1)
+    del full, optimizer
+    full_step = median(times[1:])
+    return {"refresh_s": refresh_s, "steps": steps, "examples": len(new), "s_per_step": refresh_s / steps,
+            "full_ft_step_s": full_step, "full_ft_s": full_step * steps,
+            "loss": (refreshed.losses[0], refreshed.losses[-1]), "epochs": config.epochs,
+            "expected_steps": math.ceil(len(rows) / config.batch_size) * config.epochs}
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--tokens", type=int, default=48, help="new tokens per reply (exactly this many)")
@@ -154,13 +219,15 @@ def main() -> None:
     p.add_argument("--edits", type=int, default=50, help="rank-one edits per user")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank on q/v per user (0: none)")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds (median reported)")
-    p.add_argument("--limit", type=int, default=None, help="cap on --tokens, for a quick run")
+    p.add_argument("--refresh-turns", type=int, default=200, help="new turns in the timed refresh (0: skip it)")
+    p.add_argument("--limit", type=int, default=None, help="cap on --tokens and --refresh-turns, for a quick run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--cache-dir", default="/tmp/pllm-models", help="converted-model cache")
     p.add_argument("--model", default=None, help="model folder / .gguf (default: the packaged SmolLM2)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: accelerator if present)")
     args = p.parse_args()
     tokens = min(args.tokens, args.limit) if args.limit else args.tokens
+    turns = min(args.refresh_turns, args.limit) if args.limit else args.refresh_turns
 
     import torch
 
@@ -180,6 +247,7 @@ def main() -> None:
         switch = _switch(lm, root, users, ids, args.repeats)
     full_load_ms = _full_load_ms(lm, args.repeats)
     batch = _batched_vs_serial(lm, views, tokens, args.repeats)
+    refresh = _refresh(lm, turns) if turns else None
     switch_ms = switch["view_cold_ms"] + max(0.0, switch["first_token_extra_ms"])
 
     print(f"{args.users} users, {args.edits} rank-one edits + LoRA r={args.rank} on q/v each, {tokens} tokens per "
@@ -195,7 +263,18 @@ def main() -> None:
         ("one after another (baseline)", f"{batch['serial_tok_s']:.1f}", "1.00"),
         (f"one batch ({batch['path']})", f"{batch['batched_tok_s']:.1f}", f"{batch['ratio']:.2f}"),
     ])
-    emit_json({"refresh_s": None, "refresh_note": "adapter training/refresh is another part of issue 11",
+    if refresh is not None:
+        print_table(f"refreshing a style adapter on {refresh['examples']} turns x {refresh['epochs']} epochs "
+                    f"({refresh['steps']} steps)", ["variant", "s", "s/step", "ratio"], [
+            ("full fine-tune, same steps (baseline)", f"{refresh['full_ft_s']:.1f}", f"{refresh['full_ft_step_s']:.2f}",
+             "1.00"),
+            ("LoRA refresh (measured)", f"{refresh['refresh_s']:.1f}", f"{refresh['s_per_step']:.2f}",
+             f"{refresh['refresh_s'] / refresh['full_ft_s']:.2f}"),
+        ])
+    emit_json({"refresh_s": round(refresh["refresh_s"], 1) if refresh else None,
+               "refresh_steps": refresh["steps"] if refresh else None,
+               "refresh_turns": refresh["examples"] if refresh else 0,
+               "full_ft_s": round(refresh["full_ft_s"], 1) if refresh else None,
                "adapter_mb": round(adapter_mb, 2), "switch_ms": round(switch_ms, 1),
                "full_load_ms": round(full_load_ms, 1), "batched_over_serial": round(batch["ratio"], 2),
                "view_cold_ms": round(switch["view_cold_ms"], 1), "view_warm_ms": round(switch["view_warm_ms"], 2),
