@@ -148,7 +148,7 @@ class AdapterRefresher:
         self.worker: "UpdateWorker | None" = None
         self._watch: dict[str, _Watch] = {}
         self._watch_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str, datetime] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -230,13 +230,13 @@ class AdapterRefresher:
     def attach(self, worker: "UpdateWorker") -> None:
         self.worker = worker
 
-    def observe(self, user_id: str, text: str) -> None:
-        """Queue one user turn for the watcher (returns at once)."""
+    def observe(self, user_id: str, text: str, at: datetime) -> None:
+        """Queue one user turn (said at ``at``: the time any job it triggers is created at) for the watcher."""
         if not (self.refresh_every or self.watch_style):
             return
         with self._idle:
             self._in_flight += 1
-        self._queue.put((user_id, text))
+        self._queue.put((user_id, text, at))
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="pllm-style-watcher", daemon=True)
             self._thread.start()
@@ -294,7 +294,7 @@ class AdapterRefresher:
                 logits = model.model(input_ids=ids).logits[:, :-1].float()  # (1, t-1, vocab)
             return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE))
 
-    def _watch_turn(self, user_id: str, text: str) -> None:
+    def _watch_turn(self, user_id: str, text: str, now: datetime) -> None:
         with self._watch_lock:
             state = self._watch.get(user_id)
         if state is None:  # first turn seen in this process: count what is already recorded (this turn included)
@@ -304,7 +304,6 @@ class AdapterRefresher:
         else:
             state.turns += 1
         jobs: list[Job] = []
-        now = self.workspace.memory.clock.now()
         if self.watch_style:
             value = self.turn_nll(user_id, text)
             before = state.nll_sum / state.nll_count if state.nll_count else value

@@ -133,12 +133,12 @@ def make_adapt_node(policy: "UpdatePolicy", worker: "UpdateWorker", *, now: Call
     worker's turn watchers (never blocks)."""
 
     def adapt(state: MemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
-        user_id = user_of(runtime)
-        jobs = policy.plan(user_id, state.get("events") or [], now())
+        user_id, at = user_of(runtime), now()
+        jobs = policy.plan(user_id, state.get("events") or [], at)
         worker.submit(jobs)
         said = next((m for m in reversed(state.get("messages") or []) if isinstance(m, HumanMessage)), None)
         if said is not None and isinstance(said.content, str) and said.content.strip():
-            worker.observe(user_id, said.content)  # turn watchers (style drift, N new turns) queue their work
+            worker.observe(user_id, said.content, at)  # turn watchers (style drift, N new turns) queue their work
         return {"jobs": [j.kind for j in jobs]}
 
     return adapt

@@ -114,7 +114,7 @@ class UpdateWorker:
     max_attempts: int = 3
     backoff_s: float = 1.0
     poll_s: float = 0.5
-    watchers: list[Callable[[str, str], None]] = field(default_factory=list)
+    watchers: list[Callable[[str, str, datetime], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from agent.jobs import JobStore
@@ -131,7 +131,7 @@ class UpdateWorker:
 
     def register(self, kind: JobKind, handler: Handler) -> None:
         """Run ``kind`` jobs with ``handler``. A handler that also watches turns (it has ``observe(user_id,
-        text)``) is given every user turn by :meth:`observe`; one with ``attach(worker)`` is handed this worker
+        text, at)``) is given every user turn by :meth:`observe`; one with ``attach(worker)`` is handed this worker
         (so it can submit jobs of its own)."""
         self.handlers[kind] = handler
         attach = getattr(handler, "attach", None)
@@ -143,11 +143,12 @@ class UpdateWorker:
         if kind == "knowledge_edit" and self.outbox is not None:
             self.poke()
 
-    def observe(self, user_id: str, text: str) -> None:
-        """Hand one user turn to every watcher (they must not block: they queue the work for later)."""
+    def observe(self, user_id: str, text: str, at: datetime) -> None:
+        """Hand one user turn (said at ``at``, the turn's time) to every watcher; they must not block (they queue
+        the work) and must not read the clock (a scenario's manual clock moves only when its runner says)."""
         for watch in self.watchers:
             try:
-                watch(user_id, text)
+                watch(user_id, text, at)
             except Exception:  # noqa: BLE001 - a watcher's failure never breaks the turn
                 log.exception("a turn watcher failed on %s's turn", user_id)
 

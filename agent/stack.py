@@ -63,9 +63,10 @@ def register_model_handlers(worker: "UpdateWorker", local: "LocalModel", memory:
         worker.register(kind, factory(workspace))  # type: ignore[arg-type]
     refresher = worker.handlers.get("adapter_refresh")
     stale = refresher.stale_users() if hasattr(refresher, "stale_users") else []
-    now = memory.clock.now()
-    worker.submit([Job("adapter_refresh", user, (), now, summary=(f"the base model is now {local.model_id}: "
-                                                                 "retrain the style adapter",)) for user in stale])
+    if stale:  # read the clock only when needed: a scenario's manual clock must not move before its first session
+        now = memory.clock.now()
+        worker.submit([Job("adapter_refresh", user, (), now, summary=(f"the base model is now {local.model_id}: "
+                                                                     "retrain the style adapter",)) for user in stale])
 
 
 @dataclass

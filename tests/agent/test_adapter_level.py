@@ -55,7 +55,7 @@ def _say(stack, user: str, lines: list[str], *, watch: bool = False) -> None:
         stack.memory.clock.advance(timedelta(minutes=3))
         stack.memory.remember(user, text)
         if watch:
-            stack.agent.worker.observe(user, text)
+            stack.agent.worker.observe(user, text, stack.memory.clock.now())
 
 
 def _logits(local, view, text: str = "Tell me about your day.") -> torch.Tensor:
@@ -248,6 +248,7 @@ def test_a_change_of_language_fires_style_drift_and_the_refresh_job_runs(tmp_pat
 def test_the_adapt_node_hands_each_user_turn_to_the_watchers(make_stack) -> None:
     seen: list[tuple[str, str]] = []
     stack = make_stack()
-    stack.agent.worker.watchers.append(lambda user, text: seen.append((user, text)))
+    stack.agent.worker.watchers.append(lambda user, text, at: seen.append((user, text, at)))
     stack.agent.chat("ann", "Good morning!")
-    assert seen == [("ann", "Good morning!")]
+    assert [(u, t) for u, t, _ in seen] == [("ann", "Good morning!")]
+    assert seen[0][2].year == 2026  # the turn's time on the stack's (manual) clock
