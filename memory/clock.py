@@ -60,11 +60,15 @@ class ManualClock:
             return value
 
     def set(self, when: datetime) -> None:
-        """Jump to ``when`` (it may not go backwards: history would stop making sense)."""
+        """Jump to ``when`` (it may not go backwards: history would stop making sense).
+
+        Setting the instant the clock already shows is allowed even after reads nudged their results past it
+        (a background thread may read the clock at any time); the next read still comes after every earlier one.
+        """
         when = to_utc(when)
         with self._lock:
-            if self._last is not None and when < self._last:
-                raise ValueError(f"ManualClock cannot go back in time: {when.isoformat()} < {self._last.isoformat()}")
+            if when < self._now:
+                raise ValueError(f"ManualClock cannot go back in time: {when.isoformat()} < {self._now.isoformat()}")
             self._now = when
 
     def advance(self, delta: timedelta) -> None:
