@@ -85,6 +85,12 @@ def user_examples(memory: Any, user_id: str, since: datetime | None, *,
     return new + fact_examples(memory.facts(user_id)), old, newest
 
 
+def _trained_through(current: tuple[int, Any] | None) -> datetime | None:
+    """When the newest turn the published style layer was trained on was recorded (None: no layer)."""
+    stamp = (current[1].extra or {}).get("trained_through") if current is not None else None
+    return datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+
+
 @dataclass
 class RefreshReport:
     """What one refresh did; ``summary()`` is the job's detail line."""
@@ -152,15 +158,20 @@ class AdapterRefresher:
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._in_flight = 0
+        self._opened: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------------------------ refreshing
 
     @property
     def _stores(self) -> tuple[Any, Any]:
-        from agent.model_level import adapter_store, style_store
+        """The home's adapter and style stores, opened once: the adapter store's LRU then serves every turn's
+        view without re-reading the version folder."""
+        if self._opened is None:
+            from agent.model_level import adapter_store, style_store
 
-        home = self.workspace.settings.home
-        return adapter_store(home), style_store(home)
+            home = self.workspace.settings.home
+            self._opened = (adapter_store(home), style_store(home))
+        return self._opened
 
     def refresh(self, user_id: str, *, progress: "Progress | None" = None, force: bool = False) -> RefreshReport:
         """Train and publish the user's next style layer; nothing happens without new turns (unless ``force``)."""
@@ -172,10 +183,7 @@ class AdapterRefresher:
             model = ws.model
             adapters, styles = self._stores
             current = published_style(adapters, styles, user_id, model.model_id)
-            since = None
-            if current is not None:
-                stamp = current[1].extra.get("trained_through") if current[1].extra else None
-                since = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+            since = _trained_through(current)
             new, old, newest = user_examples(ws.memory, user_id, since)
             new_turns = sum(ex.source == "own_turn" for ex in new)
             if not new and not old:
@@ -270,9 +278,7 @@ class AdapterRefresher:
         from agent.model_level import published_style
 
         adapters, styles = self._stores
-        current = published_style(adapters, styles, user_id, self.workspace.local.model_id)
-        stamp = current[1].extra.get("trained_through") if current is not None and current[1].extra else None
-        since = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+        since = _trained_through(published_style(adapters, styles, user_id, self.workspace.local.model_id))
         return sum(1 for e in self.workspace.memory.episodes(user_id)
                    if e.role == "user" and (since is None or e.recorded_at > since))
 
