@@ -43,8 +43,9 @@ _HYPOTHETICAL = re.compile(
 _REPORTED = re.compile(r"\b(?:said|says|told|tells|asked|asks|claims?|claimed|thinks|thought|believes|believed)\b", _F)
 _OWN_REPORT = re.compile(r"^(?:as )?i (?:said|told you|mentioned)(?: before| earlier)?,?(?: that)?\s+", _F)
 _FILLER = re.compile(
-    r"^(?:(?:well|oh|ok|okay|so|also|and|but|actually|btw|by the way|anyway|anyways|yeah|yes|yep|no|nope|hi|hey|"
-    r"hello|now|fyi|fun fact|honestly|basically|just so you know|guess what|update|news)\b[,:!]?\s*)+", _F)
+    r"^(?:(?:well|oh|ok|okay|so|also|and|but|actually|btw|by the way|anyway|anyways|yeah|yes|yep|hi|hey|"
+    r"hello|now|fyi|fun fact|honestly|basically|just so you know|guess what|update|news)\b[,:!]?\s*|"
+    r"(?:no|nope)[,:!]+\s*|nope\s+)+", _F)  # a bare "no" governs what follows ("no need to be formal")
 _CUT = re.compile(
     r"\s*(?:[,;:()]|\s-\s|\b(?:and|but|because|cause|since|so|which|who|where|when|while|though|although|that|"
     r"than|or|if|unless|as well|rather)\b)", _F)
@@ -171,19 +172,22 @@ _STYLE: list[tuple[re.Pattern[str], str, str]] = [(re.compile(p, _F), dim, pole)
     (r"\b(?:short|shorter|brief|concise) (?:answers?|responses?|replies) (?:please|only|are fine|work best)\b",
      "verbosity", "concise"),
     (r"\b(?:(?:that's|that was|this is|answers are|responses are|it's) (?:way |far |much )?too long|tl;?dr|"
-     r"less detail|fewer details|less verbose|stop rambling|just the (?:answer|facts|gist)|get to the point)\b",
+     r"less detail|fewer details|no more details?|less verbose|stop rambling|just the (?:answer|facts|gist)|get to the point)\b",
      "verbosity", "concise"),
     (r"\b(?:give me|want|need|prefer|like|provide) (?:more |lots of |a lot more |plenty of |full |all the )?"
      r"(?:details?|(?:detailed|in-depth|longer|thorough) (?:answers?|explanations?|responses?))\b",
      "verbosity", "detailed"),
-    (r"\bexplain (?:it |this |that |things |everything )?in (?:more |great |full |much more )?(?:depth|detail)\b",
+    (r"\bexplain (?:it |this |that |things |everything )?in (?:more |great |full |much more )?(?:depth|detail)\b|"
+     r"(?<!no )\b(?:more|greater|much more|a lot more) (?:detail|details|depth)\b|"
+     r"\b(?:longer|fuller|more detailed|more thorough|in-depth) (?:answers?|explanations?|responses?|replies)\b",
      "verbosity", "detailed"),
     (r"\b(?:be|being) (?:more )?(?:detailed|thorough|comprehensive|elaborate)\b|\bplease elaborate\b|"
      r"\bgo into (?:more |greater |a lot more |much more |full )?detail\b|"
      r"\b(?:your answers are|that's|that was|it's) too (?:short|brief|terse)\b", "verbosity", "detailed"),
     (r"\b(?:casual|informal) is (?:fine|ok|okay|good|great|better)\b|"
      r"\b(?:be|keep it|keep things|stay) (?:more |a bit more )?(?:casual|informal|relaxed|chill)\b|"
-     r"\b(?:no need to be|don't be so|you don't have to be|stop being so) (?:formal|stiff|professional)\b|"
+     r"\b(?:no need to be|don't be so|(?:you )?(?:don't|do not) (?:have|need) to be|stop being so) (?:so )?"
+     r"(?:formal|stiff|professional)\b|"
      r"\b(?:talk|speak|chat) to me like a friend\b", "formality", "casual"),
     (r"\b(?:be|sound|stay|keep it|keep things) (?:more |a bit more |very )?(?:formal|professional)\b|"
      r"\b(?:a |more )?(?:formal|professional) (?:tone|language|style|register)\b|\bdon't be so (?:casual|informal)\b|"

@@ -16,6 +16,7 @@ why an expectation failed. The first call loads spaCy (3–5 s); later turns tak
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -77,6 +78,7 @@ class SpeechExtractor:
             from_clause = self._clause(clause)
             found.extend(from_clause)
             statements += clause.personal and _stative(clause)
+        found = _style_in_context(found, raw)
         merged = _merge(found, raw)
         if not merged and statements:
             log.info("no fact extracted from personal statement: %r", text)
@@ -94,6 +96,21 @@ class SpeechExtractor:
             if first.relation in ("likes", "favorite") or relation_spec(first.relation).functional:
                 out = [replace(first, replaces=clause.replaces), *out[1:]]
         return out
+
+
+def _style_in_context(clauses: list[Candidate], raw: list[Candidate]) -> list[Candidate]:
+    """A style request read in one clause yields to the whole message's reading when they disagree.
+
+    Splitting can cut off what governs the request ("No need to | be formal" leaves "be formal"); the style
+    patterns on the whole message see the governor. Where the message makes one request on a dimension (one
+    clause candidate) and the whole-message reading names the other pole, the clause candidate is dropped
+    and the merge takes the whole-message one. Several requests on one dimension keep the clause reading
+    (their order in the message decides).
+    """
+    poles = {c.relation: c.object for c in raw if c.relation.startswith("prefers_")}
+    per_relation = Counter(c.relation for c in clauses if c.relation in poles)
+    return [c for c in clauses
+            if not (per_relation[c.relation] == 1 and poles.get(c.relation, c.object) != c.object)]
 
 
 def _usable(obj: str) -> bool:

@@ -111,6 +111,13 @@ def test_the_pattern_extractor_alone_misses_the_issue_phrasings() -> None:
     ("I can't stand cilantro.", ("dislikes", "cilantro", None, False)),
     ("I don't live in Oslo anymore.", ("lives_in", "Oslo", None, True)),
     ("I'm no longer vegetarian.", ("diet", "vegetarian", None, True)),
+    # style requests as people make them (the objective-level issue's examples); a bare "no" governs them
+    ("Keep it short.", ("prefers_verbosity", "concise", None, False)),
+    ("More detail please.", ("prefers_verbosity", "detailed", None, False)),
+    ("No more detail, please.", ("prefers_verbosity", "concise", None, False)),
+    ("No need to be formal.", ("prefers_formality", "casual", None, False)),
+    ("You don't have to be so formal with me.", ("prefers_formality", "casual", None, False)),
+    ("No, I live in Oslo.", ("lives_in", "Oslo", None, False)),
     # PrefEval-style statements the bench showed the patterns missing
     ("I strictly avoid restaurants that serve foods containing gluten.", ("dislikes", "restaurants", None, False)),
     ("I have a strong aversion to cold weather sports.", ("dislikes", "cold weather sports", None, False)),
