@@ -4,10 +4,13 @@
 A refresh trains the user's style adapter (:mod:`editing.oppu`, LoRA by default) on the worker's private copy
 of the base model and publishes it with the user's knowledge edits as their next adapter version:
 
-* **data** — the user's own turns (as continuation targets after the turns before them) and question/answer
-  pairs of their *current* facts (superseded and retracted ones are not current; a forgotten user has none);
+* **data** — the user's own turns (as continuation targets after the turns before them), the assistant replies
+  whose current rating is a like (``Memory.rate`` / ``PersonalAgent.rate``: targets after the turn before them)
+  and question/answer pairs of their *current* facts (superseded and retracted ones are not current; a
+  forgotten user has none);
 * **continue or restart** — with a style layer in the published version made on this base, training continues
-  from it on the turns recorded since (``trained_through``) plus a replay sample of the older ones; with none,
+  from it on the turns recorded (and replies liked) since (``trained_through``) plus a replay sample of the older
+  ones; with none,
   or one made on another base model (stale), it trains from scratch on the whole history;
 * **publish** — the style version is stored (:class:`~editing.oppu.store.StyleStore`), then the user's edits
   and the new style layer are published together (concatenated module by module: an exact sum).
@@ -67,21 +70,29 @@ def page_hinkley() -> Any:
 
 def user_examples(memory: Any, user_id: str, since: datetime | None, *,
                   context_turns: int | None = None) -> tuple[list["TrainExample"], list["TrainExample"], datetime | None]:
-    """The user's examples split into (new, old) at ``since`` (a turn's ``recorded_at``), and the newest time.
+    """The user's examples split into (new, old) at ``since`` (a ``recorded_at``), and the newest time.
 
-    New: own turns recorded after ``since`` (all of them when ``since`` is None) and the current facts' Q/A
-    pairs; old: the own turns before (the replay pool).
+    New: own turns recorded after ``since`` (all of them when ``since`` is None), the replies whose current
+    rating is a like given after it, and the current facts' Q/A pairs; old: the own turns and liked replies
+    from before (the replay pool). A reply rated up and later down is not trained on.
     """
-    from editing.oppu import REFRESH_CONTEXT_TURNS, fact_examples, own_turn_examples
+    from editing.oppu import REFRESH_CONTEXT_TURNS, fact_examples, own_turn_examples, rated_reply_examples
+    from memory.feedback import current_ratings
 
     context_turns = REFRESH_CONTEXT_TURNS if context_turns is None else context_turns
     episodes = [e for e in memory.episodes(user_id) if e.role in ("user", "assistant")]
-    dialogue = [{"role": e.role, "content": e.text} for e in episodes]
-    said = [e for e in episodes if e.role == "user" and e.text.strip()]
-    turns = own_turn_examples(dialogue, context_turns=context_turns)  # one per entry of ``said``, in order
-    new = [ex for ex, e in zip(turns, said) if since is None or e.recorded_at > since]
-    old = [ex for ex, e in zip(turns, said) if since is not None and e.recorded_at <= since]
-    newest = max((e.recorded_at for e in said), default=None)
+    ratings = current_ratings(memory.feedback(user_id))
+    dialogue = [{"role": e.role, "content": e.text, "feedback": ratings[e.id].value if e.id in ratings else None}
+                for e in episodes]
+    # (example, when it became training data): one own-turn example per user turn, one per liked reply, in order
+    said = [e.recorded_at for e in episodes if e.role == "user" and e.text.strip()]
+    liked = [ratings[e.id].recorded_at for e in episodes
+             if e.role == "assistant" and e.id in ratings and ratings[e.id].value == 1 and e.text.strip()]
+    dated = (list(zip(own_turn_examples(dialogue, context_turns=context_turns), said, strict=True))
+             + list(zip(rated_reply_examples(dialogue, context_turns=context_turns), liked, strict=True)))
+    new = [ex for ex, t in dated if since is None or t > since]
+    old = [ex for ex, t in dated if since is not None and t <= since]
+    newest = max((t for _, t in dated), default=None)
     return new + fact_examples(memory.facts(user_id)), old, newest
 
 
@@ -186,15 +197,16 @@ class AdapterRefresher:
             since = _trained_through(current)
             new, old, newest = user_examples(ws.memory, user_id, since)
             new_turns = sum(ex.source == "own_turn" for ex in new)
+            new_liked = sum(ex.source == "rated_reply" for ex in new)
+            all_turns = new_turns + sum(ex.source == "own_turn" for ex in old)
             if not new and not old:
                 report.reason = f"{user_id!r} has no turns or facts to train on"
                 return report
-            if current is not None and (not new or (not new_turns and not force)):
-                report.reason = f"no new turns since style adapter v{current[0]}"
+            if current is not None and (not new or (not new_turns + new_liked and not force)):
+                report.reason = f"no new turns or liked replies since style adapter v{current[0]}"
                 return report
-            if current is None and new_turns + len(old) < self.min_turns and not force:
-                report.reason = (f"{user_id!r} has {new_turns + len(old)} turns; a first style adapter needs "
-                                 f"{self.min_turns}")
+            if current is None and all_turns < self.min_turns and not force:
+                report.reason = f"{user_id!r} has {all_turns} turns; a first style adapter needs {self.min_turns}"
                 return report
             t0 = time.perf_counter()
             from editing.oppu import train_adapter
@@ -204,6 +216,7 @@ class AdapterRefresher:
                                     base_model_id=model.model_id)
             trained = dataclasses.replace(trained, extra={
                 "trained_through": newest.isoformat() if newest else None, "new_turns": new_turns,
+                "new_liked_replies": new_liked,
                 "previous_version": current[0] if current else None})
             report.style_version = styles.save(user_id, trained)
             report.published = ws.editor.publish(user_id, (trained.lora_deltas(),

@@ -248,11 +248,12 @@ def _user_data(s: "Settings", *, read_only: bool = False) -> Iterator["UserData"
 def memory_show(user: UserOpt, home: HomeOpt = None, verbose: VerboseOpt = 0) -> None:
     """The user's facts with their history."""
     setup(verbose)
-    from agent.views import facts_table
+    from agent.views import facts_table, weights_line
 
     with _memory(settings(home)) as mem:
         console.print(facts_table(mem, user))
         console.print(f"{len(mem.episodes(user))} episodes stored")
+        console.print(escape(weights_line(mem, user)))
 
 
 @memory_app.command("export")

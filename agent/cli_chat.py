@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ChatLoop", "LineReader", "PlainReader", "ReplyInterrupted", "TerminalReader", "forget_history",
            "history_path", "make_reader"]
 
-HELP = ("/memory shows what I know, /forget erases it, /export FILE saves it, /quit ends (so do Ctrl-D and "
-        "Ctrl-C); Ctrl-C during a reply stops it.")
+HELP = ("/good and /bad rate my last reply, /memory shows what I know, /forget erases it, /export FILE saves it, "
+        "/quit ends (so do Ctrl-D and Ctrl-C); Ctrl-C during a reply stops it.")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -204,7 +204,8 @@ class ChatLoop:
         model = stack.agent.chat_model
         model.callbacks = [*(model.callbacks or []), self.stopper]  # type: ignore[list-item]
         self.commands: dict[str, Callable[[str], None]] = {
-            "/memory": self._show_memory, "/forget": self._forget, "/export": self._export, "/help": self._help}
+            "/memory": self._show_memory, "/forget": self._forget, "/export": self._export, "/help": self._help,
+            "/good": lambda _: self._rate(1), "/bad": lambda _: self._rate(-1)}
 
     def run(self) -> None:
         """Until /quit, Ctrl-D or Ctrl-C at the prompt."""
@@ -283,6 +284,12 @@ class ChatLoop:
         forget_history(self.stack.settings.home, self.user)  # also when this session reads a pipe
         self.reader.clear_history()
         self.console.print(f"[yellow]forgot everything about {escape(self.user)}[/] ({sum(removed.values())} records)")
+
+    def _rate(self, value: int) -> None:
+        rated = self.stack.agent.rate(self.user, value, session_id=self.session)
+        self.console.print(f"[dim]noted: you {'liked' if value > 0 else 'disliked'} that reply[/]")
+        for ev in rated.events:  # a style weight turned to the other pole
+            self.console.print(f"[dim]your {escape(ev.dimension)} preference moved: {ev.before:+.2f} → {ev.after:+.2f}[/]")
 
     def _export(self, arg: str) -> None:
         export_to(self.console, self.stack.user_data, self.user, Path(arg) if arg else None, err_console=self.err_console)

@@ -39,7 +39,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.store.base import BaseStore
 
+    from datetime import datetime
+
     from memory import ChangeEvent, Memory
+    from memory.service import Rated
     from memory.retrieval import Recollection
 
 __all__ = ["build_graph", "PersonalAgent", "TurnResult", "make_checkpointer", "checkpoint_serde", "close_checkpointer"]
@@ -111,6 +114,7 @@ class TurnResult:
     recollection: "Recollection | None"
     events: list["ChangeEvent"] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
+    reply_id: str | None = None  # the stored reply's episode id: rate it with PersonalAgent.rate
 
 
 def _approx_tokens(text: str) -> int:
@@ -209,7 +213,29 @@ class PersonalAgent:
         state, config, ctx = self._run_args(user_id, text, session_id)
         out = self.graph.invoke(state, config, context=ctx)
         return TurnResult(reply=str(out["messages"][-1].content), prompt=out.get("prompt", []),
-                          recollection=out.get("recollection"), events=out.get("events", []), jobs=out.get("jobs", []))
+                          recollection=out.get("recollection"), events=out.get("events", []), jobs=out.get("jobs", []),
+                          reply_id=out.get("reply_id"))
+
+    def rate(self, user_id: str, value: int, *, reply_id: str | None = None, session_id: str = "default",
+             at: "datetime | None" = None) -> "Rated":
+        """Rate a reply: ``1`` (liked) or ``-1`` (disliked); by default the last reply of the session's thread.
+
+        The rating is stored with its history in the user's memory (:meth:`memory.Memory.rate`); the replies
+        rated up become training targets of the user's style adapter, and the rating moves the user's style weights
+        (the result's ``events`` hold a ``PreferenceDrift`` when a weight turned to the other pole). Raises :class:`InvalidTurn` when the
+        session has no stored reply yet, the id is not one of the user's replies, or the value is not 1 / -1.
+        """
+        try:
+            user_id = check_user_id(user_id)
+            session_id = check_user_id(session_id, name="session_id")
+            if reply_id is None:
+                reply_id = self.last_turn(user_id, session_id).get("reply_id")
+                if reply_id is None:
+                    raise InvalidInput(f"session {session_id!r} of {user_id!r} has no stored reply to rate yet; "
+                                       "chat first, or pass reply_id=")
+            return self.memory.rate(user_id, reply_id, value, at=at)
+        except InvalidInput as exc:
+            raise InvalidTurn(f"rating refused, nothing was stored: {exc}") from exc
 
     def last_turn(self, user_id: str, session_id: str = "default") -> dict[str, Any]:
         """The thread's checkpointed state (messages, last prompt, last recollection, events)."""

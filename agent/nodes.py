@@ -48,6 +48,7 @@ class MemoryState(TypedDict, total=False):
     prompt: list[BaseMessage]
     events: list[ChangeEvent]
     jobs: list[str]
+    reply_id: str | None  # the stored assistant reply of the last turn (what ``Memory.rate`` takes)
 
 
 def user_of(runtime: Runtime[Any]) -> str:
@@ -119,10 +120,10 @@ def make_remember_node(memory: "Memory", *, remember_replies: bool = True,
         messages = state["messages"]
         human = _last_human(messages)
         events = list(memory.remember(user, _text(human), role="user", session_id=session).events)
-        last = messages[-1]
+        last, reply_id = messages[-1], None
         if remember_replies and isinstance(last, AIMessage) and _text(last).strip():
-            memory.remember(user, _text(last), role="assistant", session_id=session)
-        return {"events": events}
+            reply_id = memory.remember(user, _text(last), role="assistant", session_id=session).episode.id
+        return {"events": events, "reply_id": reply_id}
 
     return remember
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from memory.retrieval import Recollection
     from memory.service import Memory
 
-__all__ = ["describe_event", "facts_table", "recollection_table"]
+__all__ = ["describe_event", "facts_table", "recollection_table", "weights_line"]
 
 
 def _fact(f: Fact, user_id: str) -> str:
@@ -36,7 +36,8 @@ def describe_event(ev: ChangeEvent, user_id: str) -> str:
     if isinstance(ev, FactRetracted):
         return f"- {_fact(ev.fact, user_id)} (no longer true)"
     if isinstance(ev, PreferenceDrift):
-        return f"≈ preference drift on {ev.dimension}: {ev.before} → {ev.after}"
+        before, after = (f"{v:+.2f}" if isinstance(v, float) else str(v) for v in (ev.before, ev.after))
+        return f"≈ preference drift on {ev.dimension}: {before} → {after}"
     if isinstance(ev, StyleDrift):
         return f"≈ style drift in {ev.statistic} ({ev.score:+.2f})"
     return repr(ev)
@@ -54,6 +55,14 @@ def facts_table(memory: "Memory", user_id: str, *, with_history: bool = True) ->
         table.add_row(escape(_fact(f, user_id)), f.valid_from.date().isoformat(), until,
                       f"{len(f.source_episode_ids)} turn(s)", style=style)
     return table
+
+
+def weights_line(memory: "Memory", user_id: str) -> str:
+    """The user's style weights in one line, e.g. ``"style weights: verbosity -1.00 (concise), formality +0.00, …"``."""
+    weights = memory.preference_weights(user_id)
+    parts = [f"{d} {w.weight:+.2f}" + (f" ({w.pole})" if w.pole else "") for d, w in weights.items()]
+    rated = max(w.ratings for w in weights.values())
+    return f"style weights: {', '.join(parts)} (statements, and {rated} rated repl{'y' if rated == 1 else 'ies'})"
 
 
 def recollection_table(rec: "Recollection | None") -> Table:

@@ -38,16 +38,18 @@ from memory.records import (
 if TYPE_CHECKING:  # pragma: no cover
     from memory.drift import DriftMonitor
     from memory.extraction import Candidate, Extractor, LLMExtractor, PatternExtractor, SpeechExtractor
+    from memory.feedback import Feedback
     from memory.graph import GraphEvent, HistoryEntry, KnowledgeGraph
     from memory.langgraph_store import ChromaStore
     from memory.relations import DIMENSIONS, RELATIONS
     from memory.retrieval import HybridRetriever, Recollection, ScoredEpisode, ScoredFact, ScoredSummary
-    from memory.service import Memory, Remembered
+    from memory.service import Memory, Rated, Remembered
     from memory.stores import EpisodicStore, MemoryItem, SemanticStore
 
 _LAZY = {
     "Memory": "memory.service",
     "Remembered": "memory.service",
+    "Rated": "memory.service",
     "KnowledgeGraph": "memory.graph",
     "GraphEvent": "memory.graph",
     "HistoryEntry": "memory.graph",
@@ -68,6 +70,7 @@ _LAZY = {
     "SemanticStore": "memory.stores",
     "MemoryItem": "memory.stores",
     "ChromaStore": "memory.langgraph_store",
+    "Feedback": "memory.feedback",
 }
 
 __all__ = [

@@ -8,7 +8,7 @@
   importance × retention, where retention decays with time since the last recall and decays more
   slowly the more often the episode was recalled (:mod:`memory.forgetting`). Evicted sessions are
   summarized first. Facts are never evicted: they live in the graph. An evicted episode's SQLite row
-  is kept only while a fact cites it as evidence.
+  is kept only while a fact cites it as evidence or the user rated it (a rated reply is training data).
 
 Both work on a ``Memory``'s :class:`~memory.parts.MemoryParts` (never on the facade), and stamp the user's
 write version (:class:`~memory.db.UserVersions`) so that other processes' caches notice.
@@ -117,6 +117,7 @@ def enforce_cap(parts: MemoryParts, user_id: str) -> int:
         by_session[e.session_id].append(e)
     _summarize(parts, user_id, by_session)
     cited = {i for f in parts.graph.facts(user_id, include_superseded=True) for i in f.source_episode_ids}
+    cited |= parts.feedback.rated_episode_ids(user_id)  # a rated reply stays training data
     with parts.write_lock, parts.sql.transaction("evict episodes from the search index") as conn:
         parts.episodes.evict(conn, user_id, victims, keep=cited)
         version = parts.versions.bump(conn, user_id)

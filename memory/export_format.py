@@ -9,8 +9,8 @@ unique; the graph events must replay to at most one current fact per slot.
 
 Importing under another id (``user_id=``), or with ``rename=True``, gives fresh ids to what must be
 unique in a home: episode ids (the SQLite primary key), fact ids (and so their semantic items), summary
-ids; references follow (graph events' ``episode_id`` and ``superseded_by``, facts' and summaries'
-``source_episode_ids``), and the user's own facts get the new id as subject.
+ids, rating ids; references follow (graph events' ``episode_id`` and ``superseded_by``, facts' and summaries'
+``source_episode_ids``, ratings' ``episode_id``, which must name an assistant reply of the document), and the user's own facts get the new id as subject.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from memory.consolidation import summary_id
 from memory.errors import InvalidInput
+from memory.feedback import Feedback
 from memory.records import Episode, Fact, new_id
 from memory.validation import check_user_id, clean_text
 
@@ -40,6 +41,7 @@ _ROLES = ("user", "assistant", "system", "summary")
 _REPLAYABLE = ("assert", "supersede", "retract")
 _EPISODE_KEYS = ("id", "user_id", "session_id", "role", "text", "at", "recorded_at")
 _EVENT_KEYS = ("seq", "user_id", "op", "fact", "at", "recorded_at")
+_FEEDBACK_KEYS = ("id", "user_id", "episode_id", "value", "at", "recorded_at")
 _FACT_KEYS = ("id", "user_id", "subject", "relation", "object", "valid_from", "recorded_at")
 
 
@@ -54,6 +56,7 @@ class ImportPlan:
     indexed: list[bool]  # per episode: in the search index (False: kept only as evidence of a fact)
     events: list["GraphEvent"]
     summaries: list["MemoryItem"]
+    feedback: list[Feedback] = field(default_factory=list)
 
 
 def read_export(document: Any, *, user_id: str | None = None, rename: bool = False) -> ImportPlan:
@@ -74,7 +77,11 @@ def read_export(document: Any, *, user_id: str | None = None, rename: bool = Fal
     _check_replay(target, events)
     summaries = [_summary(i, d, ids, session_of) for i, d in enumerate(_records(document, "summaries", optional=True))]
     _unique("summary", [s.id for s in summaries])
-    return ImportPlan(source, target, ids.rename, [e for e, _ in episodes], [flag for _, flag in episodes], events, summaries)
+    replies = {e.id for e, _ in episodes if e.role == "assistant"}
+    feedback = [_rating(i, d, ids, replies) for i, d in enumerate(_records(document, "feedback", optional=True))]
+    _unique("feedback", [f.id for f in feedback])
+    return ImportPlan(source, target, ids.rename, [e for e, _ in episodes], [flag for _, flag in episodes], events,
+                      summaries, feedback)
 
 
 # ----------------------------------------------------------------------------------------- structure
@@ -181,12 +188,18 @@ class _Renamer:
 # ----------------------------------------------------------------------------------------- records
 
 
-def _episode(index: int, raw: Any, ids: _Renamer) -> tuple[Episode, bool]:
-    d = _fields(f"episode #{index}", raw, _EPISODE_KEYS)
-    with _where(f"episode #{index}"):
+def _owned_record(kind: str, index: int, raw: Any, keys: tuple[str, ...], ids: _Renamer) -> tuple[dict[str, Any], str, str]:
+    """(fields, its old id, where) of a record with an ``id`` that must belong to the document's user."""
+    d = _fields(f"{kind} #{index}", raw, keys)
+    with _where(f"{kind} #{index}"):
         old = check_user_id(d["id"], name="id")
-    where = f"episode #{index} ({old!r})"
+    where = f"{kind} #{index} ({old!r})"
     _owner(where, d, ids)
+    return d, old, where
+
+
+def _episode(index: int, raw: Any, ids: _Renamer) -> tuple[Episode, bool]:
+    d, old, where = _owned_record("episode", index, raw, _EPISODE_KEYS, ids)
     with _where(where):
         if d["role"] not in _ROLES:
             raise InvalidInput(f"role must be one of {_ROLES}, got {d['role']!r}")
@@ -199,6 +212,19 @@ def _episode(index: int, raw: Any, ids: _Renamer) -> tuple[Episode, bool]:
                           recorded_at=_time(d["recorded_at"], "recorded_at"),
                           importance=_number(d.get("importance", 0.5), "importance"))
     return episode, indexed
+
+
+def _rating(index: int, raw: Any, ids: _Renamer, replies: set[str]) -> Feedback:
+    d, old, where = _owned_record("feedback", index, raw, _FEEDBACK_KEYS, ids)
+    with _where(where):
+        episode_id = ids("ep", check_user_id(d["episode_id"], name="episode_id"))
+        if episode_id not in replies:
+            raise InvalidInput(f"episode_id {d['episode_id']!r} is not an assistant reply of this export")
+        value = d["value"]
+        if isinstance(value, bool) or value not in (-1, 1):
+            raise InvalidInput(f"value must be 1 or -1, got {value!r}")
+        return Feedback(id=ids("fb", old), user_id=ids.target, episode_id=episode_id, value=int(value),
+                        at=_time(d["at"], "at"), recorded_at=_time(d["recorded_at"], "recorded_at"))
 
 
 def _event(index: int, raw: Any, ids: _Renamer) -> "GraphEvent":

@@ -18,6 +18,7 @@ from memory.config import MemoryConfig
 from memory.db import SqliteDb, UserVersions
 from memory.embeddings import Embedder
 from memory.episodes import EpisodeLog
+from memory.feedback import FeedbackLog
 from memory.records import ChangeEvent, Fact, FactAdded, FactRetracted, FactSuperseded
 from memory.summaries import SummaryLog
 
@@ -41,6 +42,7 @@ class MemoryParts:
     sql: SqliteDb
     episodes: EpisodeLog
     summaries: SummaryLog
+    feedback: FeedbackLog
     versions: UserVersions
     episodic: "EpisodicStore"
     semantic: "SemanticStore"

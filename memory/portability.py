@@ -1,7 +1,7 @@
 """Export and import of one user's memory as a single JSON document.
 
 The document holds the record of truth: every episode (with times and ids), the full graph event log
-(so fact history survives the round trip exactly) and session summaries. Vectors are not exported;
+(so fact history survives the round trip exactly), session summaries and the user's ratings of replies. Vectors are not exported;
 they are recomputed on import with the embedder in use.
 
 An import is checked whole before anything is written (:mod:`memory.export_format`); it then writes
@@ -53,6 +53,7 @@ def export_user(parts: MemoryParts, user_id: str) -> dict[str, Any]:
         "episodes": [{**record_to_dict(e), "in_index": e.id in indexed} for e in episodes],
         "graph_events": [record_to_dict(ev) for ev in events],
         "summaries": [record_to_dict(s) for s in summaries],
+        "feedback": [record_to_dict(f) for f in parts.feedback.of_user(user_id)],
         "current_facts": [record_to_dict(f) for f in parts.graph.facts(user_id)],  # informational
     }
 
@@ -85,6 +86,7 @@ def import_user(parts: MemoryParts, document: Any, *, user_id: str | None = None
                 parts.episodes.insert(conn, plan.episodes, indexed=plan.indexed)
                 parts.graph.import_events(target, plan.events, conn=conn)  # checks the user again, in the transaction
                 parts.summaries.put(conn, plan.summaries)
+                parts.feedback.insert(conn, plan.feedback)
                 parts.versions.bump(conn, target)
                 wrote_chroma = True
                 if indexed:
@@ -118,4 +120,5 @@ def _check_home(parts: MemoryParts, plan: ImportPlan) -> None:
 def _taken(parts: MemoryParts, plan: ImportPlan) -> set[str]:
     """Ids of the plan that the home's primary keys already hold (episodes, summaries)."""
     return (parts.episodes.existing([e.id for e in plan.episodes])
-            | parts.summaries.existing([s.id for s in plan.summaries]))
+            | parts.summaries.existing([s.id for s in plan.summaries])
+            | parts.feedback.existing([f.id for f in plan.feedback]))

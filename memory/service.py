@@ -44,22 +44,32 @@ from memory.db import SqliteDb, UserVersions
 from memory.embeddings import Embedder, MiniLMEmbedder
 from memory.episodes import EpisodeLog
 from memory.errors import InvalidInput, PllmMemoryError, ReadOnlyMemory, StoreError
+from memory.feedback import Feedback, FeedbackLog
 from memory.journal import Intent, Journal
 from memory.parts import MemoryParts, fact_item, semantic_changes
-from memory.records import ChangeEvent, Episode, Fact, Role
+from memory.records import ChangeEvent, Episode, Fact, PreferenceDrift, Role
 from memory.summaries import SummaryLog
 from memory.validation import check_user_id, clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from memory.extraction import Extractor
     from memory.graph import HistoryEntry
+    from memory.preferences import PreferenceWeight
     from memory.retrieval import Recollection
 
-__all__ = ["Memory", "Remembered"]
+__all__ = ["Memory", "Rated", "Remembered"]
 
 log = logging.getLogger(__name__)
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # fullmatch
+
+
+@dataclass(frozen=True)
+class Rated:
+    """What one ``rate`` call stored and changed (``PreferenceDrift`` when a weight turned to the other pole)."""
+
+    feedback: Feedback
+    events: tuple[ChangeEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class Memory:
         self._reads = SqliteDb(config.sqlite_path, busy_timeout_s=timeout, read_only=self.read_only)
         self._log = EpisodeLog(self._reads)
         self._summaries = SummaryLog(self._reads)
+        self._feedback = FeedbackLog(self._reads)
         self._versions = UserVersions(self._reads)
         self.graph = KnowledgeGraph(config.sqlite_path, self.clock, busy_timeout_s=timeout, read_only=self.read_only)
         if self.read_only and not self._sql.has_tables(EpisodeLog.TABLE, SummaryLog.TABLE, "fact_events",
@@ -145,12 +156,13 @@ class Memory:
         self._journal = None if self.read_only else Journal(config.home / "journal.sqlite", busy_timeout_s=timeout)
         self._write_lock = threading.RLock()
         self._recalls = _RecallBuffer()
+        self._reply_scores: dict[str, dict[str, float]] = {}  # reply text → its style scores (memory.preferences)
         self.bm25 = BM25Index()
         self.drift = DriftMonitor(self.clock)  # per process by design: style statistics are never persisted
         self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
                                          self.clock, config, versions=self._versions.get)
         self.parts = MemoryParts(config=config, clock=self.clock, embedder=self.embedder, sql=self._sql,
-                                 episodes=self._log, summaries=self._summaries, versions=self._versions,
+                                 episodes=self._log, summaries=self._summaries, feedback=self._feedback, versions=self._versions,
                                  episodic=self.episodic, semantic=self.semantic, graph=self.graph,
                                  retriever=self.retriever, write_lock=self._write_lock)
         if not self.read_only:
@@ -342,6 +354,64 @@ class Memory:
             session_id = check_user_id(session_id, name="session_id")
         return self._log.of_user(check_user_id(user_id), session_id=session_id)
 
+    def rate(self, user_id: str, episode_id: str, value: int, *, at: datetime | None = None) -> Rated:
+        """Record the user's rating of one of the assistant's stored replies: ``1`` liked, ``-1`` disliked.
+
+        Ratings keep their history (a new rating of the same reply is added; the newest counts, see
+        :func:`memory.feedback.current_ratings`). When the rating turns a style weight to the other pole
+        (:meth:`preference_weights`), the result carries ``PreferenceDrift(dimension, before, after, (reply,))``
+        with the weights before and after. Raises ``InvalidInput`` (nothing stored) when the value is not 1
+        or -1, or ``episode_id`` is not an assistant reply stored for this user.
+        """
+        self._writable("rate a reply")
+        user_id = check_user_id(user_id)
+        if not isinstance(episode_id, str) or not episode_id.strip():
+            raise InvalidInput(f"episode_id must be the id of a stored assistant reply, got {episode_id!r}")
+        if at is not None and not isinstance(at, datetime):
+            raise InvalidInput(f"at must be a datetime, got {type(at).__name__}")
+        found = self._log.get(user_id, [episode_id])
+        if not found:
+            raise InvalidInput(f"user {user_id!r} has no stored episode {episode_id!r}: rate a reply by the id "
+                               "its turn returned (TurnResult.reply_id) or one listed by Memory.episodes()")
+        if found[0].role != "assistant":
+            raise InvalidInput(f"episode {episode_id!r} is a {found[0].role} turn; only the assistant's replies "
+                               "are rated")
+        now = self.clock.now()
+        try:
+            rating = Feedback(user_id=user_id, episode_id=episode_id, value=value,
+                              at=to_utc(at) if at else now, recorded_at=now)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(str(exc)) from exc
+        before = self.preference_weights(user_id)
+        with self._write_lock, self._sql.transaction("store the rating") as conn:
+            self._feedback.insert(conn, [rating])
+        after = self.preference_weights(user_id)
+        events = tuple(PreferenceDrift(d, before[d].weight, w.weight, (episode_id,)) for d, w in after.items()
+                       if w.pole is not None and w.pole != before[d].pole)
+        return Rated(rating, events)
+
+    def feedback(self, user_id: str) -> list[Feedback]:
+        """Every rating the user gave, oldest first (re-ratings included)."""
+        return self._feedback.of_user(check_user_id(user_id))
+
+    def preference_weights(self, user_id: str, *, as_of: datetime | None = None) -> dict[str, "PreferenceWeight"]:
+        """The user's style weights per dimension, in [-1, 1], from their statements and their ratings of replies
+        (see :mod:`memory.preferences`); ``as_of``: as they stood then. Reply scores are cached per episode."""
+        from memory.preferences import preference_weights, reply_scores
+
+        user_id = check_user_id(user_id)
+        cache = self._reply_scores
+
+        def scores(episode_text: str) -> dict[str, float]:
+            if episode_text not in cache:
+                if len(cache) > 10_000:
+                    cache.clear()
+                cache[episode_text] = reply_scores(episode_text)
+            return cache[episode_text]
+
+        return preference_weights(self.facts(user_id, as_of=as_of), self.episodes(user_id), self.feedback(user_id),
+                                  scores=scores, as_of=as_of)
+
     def indexed_count(self, user_id: str) -> int:
         """How many of the user's episodes are in the search index (what the cap limits)."""
         return self._log.indexed_count(check_user_id(user_id))
@@ -408,6 +478,7 @@ class Memory:
             with self._sql.transaction("forget the user") as conn:
                 removed["episodes"] = self._log.delete_user(conn, user_id)
                 self._summaries.delete_user(conn, user_id)
+                removed["feedback"] = self._feedback.delete_user(conn, user_id)
                 removed["graph_events"] = self.graph.forget(user_id, conn=conn)
                 self._versions.drop(conn, user_id)
             self._journal.forget(user_id)

@@ -29,8 +29,13 @@ Matching rules (all string comparisons case-insensitive):
   ``edits`` (a knowledge edit, in adapter version ``min_version`` or later) or ``style`` (a style layer of
   version ``min_version`` or later).
 
-``adapter: {kind: preference}``, ``weight`` and ``drift: {dimension: ...}`` fail with :data:`NOT_SUPPORTED`
-until preference alignment exists; each will be one function registered here.
+* ``weight``: the sign of the user's style weight on ``dimension`` (:meth:`memory.Memory.preference_weights`:
+  their current statement, moved by their ratings of replies since); 0 (no preference) matches neither sign.
+  ``drift: {dimension: ...}`` matches a ``PreferenceDrift`` on that dimension among the session's changes: an
+  explicit reversal ("keep it short" … "more detail please") or a rating that turned the weight.
+
+``adapter: {kind: preference}`` fails with :data:`NOT_SUPPORTED` until the preference layer (DPO pole adapters
+merged by the weights) exists.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from agent.scenarios.format import (
     ReplyExpect,
     Scenario,
     Session,
+    WeightExpect,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,8 +82,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CHECKS", "NOT_SUPPORTED", "Change", "CheckContext", "Outcome", "TurnRecord", "changes_of", "check",
            "probe_reply"]
 
-NOT_SUPPORTED = ("not supported yet: model-level personalization (knowledge edits/adapters/preference weights) "
-                 "arrives in a later issue")
+NOT_SUPPORTED = ("not supported yet: the preference layer of the user's adapter (DPO pole adapters merged by the "
+                 "user's style weights) arrives in a later issue")
 _USER_WORDS = frozenset({"user", "self", "i", "me", "my", "myself"})
 _SHOW = 8  # how many found items a failure message lists
 
@@ -284,17 +290,25 @@ def probe_reply(stack: "Stack", user: str, text: str, *, session_id: str) -> str
 
 
 def check_drift(ctx: CheckContext, exp: DriftExpect) -> Outcome:
-    if exp.dimension is not None:
-        return not_supported(ctx, exp)
     changes = ctx.changes(ctx.user_of(exp))
     relation = normalize_relation(exp.relation)[0] if exp.relation else None
     hits = [c for c in changes
             if (relation is None or relation in c.relations)
+            and (exp.dimension is None or c.dimension == exp.dimension)
             and (exp.object_from is None or (c.object_from is not None and _has(c.object_from, exp.object_from)))
             and (exp.object_to is None or (c.object_to is not None and _has(c.object_to, exp.object_to)))]
     if hits:
         return Outcome(True, _listing(c.describe() for c in hits))
     return Outcome(False, f"changes in this session: {_listing((c.describe() for c in changes), 'none')}")
+
+
+def check_weight(ctx: CheckContext, exp: WeightExpect) -> Outcome:
+    w = ctx.stack.memory.preference_weights(ctx.user_of(exp))[exp.dimension]
+    sign = 0 if w.weight == 0 else (1 if w.weight > 0 else -1)
+    basis = (f"statement {w.statement:+.2f}, feedback {w.feedback:+.2f} from {w.ratings} rated repl"
+             f"{'y' if w.ratings == 1 else 'ies'}")
+    return Outcome(sign == exp.sign, f"{exp.dimension} weight {w.weight:+.2f} ({w.pole or 'no preference'}; {basis})"
+                   + ("" if sign == exp.sign else f"; wanted sign {exp.sign:+d}"))
 
 
 def check_memory_size(ctx: CheckContext, exp: MemorySizeExpect) -> Outcome:
@@ -397,7 +411,7 @@ CHECKS: dict[str, Check] = {
     "reply": check_reply,
     "drift": check_drift,
     "memory_size": check_memory_size,
-    "weight": not_supported,
+    "weight": check_weight,
     "edit": check_edit,
     "closed_book": check_closed_book,
     "adapter": check_adapter,

@@ -11,8 +11,9 @@ Each scenario runs in a fresh pllm home (a temporary folder, removed afterwards)
 4. ``wait_for_updates`` waits until the model-update jobs submitted so far have finished — never longer;
 5. the expectations are checked in order (:mod:`agent.scenarios.expectations`).
 
-``feedback`` is recorded with its turn in the results; no component consumes it yet (preference
-weights arrive with model-level personalization). A scenario that raises stops there: its remaining
+A turn's ``feedback`` rates that turn's reply (:meth:`agent.graph.PersonalAgent.rate`): it is stored with
+the user's memory, where the style adapter's refresh takes the replies rated up as training targets. A
+scenario that raises stops there: its remaining
 expectations are reported as failed with the error, and the runner goes on with the next scenario.
 """
 
@@ -240,7 +241,10 @@ class ScenarioRunner:
             user = turn.user or scenario.user
             t0 = time.perf_counter()
             result = stack.agent.chat(user, turn.text, session_id=sid)
-            turns.append(TurnRecord(user, turn.text, result.reply, tuple(result.events), tuple(result.jobs),
+            events = list(result.events)
+            if turn.feedback is not None and result.reply_id is not None:
+                events += stack.agent.rate(user, turn.feedback, reply_id=result.reply_id, session_id=sid).events
+            turns.append(TurnRecord(user, turn.text, result.reply, tuple(events), tuple(result.jobs),
                                     clock.now(), time.perf_counter() - t0, turn.feedback, turn.line))
             if on_turn is not None:
                 on_turn(session, turns[-1])

@@ -252,3 +252,38 @@ def test_the_adapt_node_hands_each_user_turn_to_the_watchers(make_stack) -> None
     stack.agent.chat("ann", "Good morning!")
     assert [(u, t) for u, t, _ in seen] == [("ann", "Good morning!")]
     assert seen[0][2].year == 2026  # the turn's time on the stack's (manual) clock
+
+
+def test_liked_replies_become_training_targets_and_a_retracted_like_does_not(tmp_path: Path, embedder) -> None:
+    """The refresh's data (``user_examples``): own turns, the replies whose newest rating is a like, split into new
+    and replay at the time the style layer was trained through. Memory only: no model is needed."""
+    from agent.adapter_level import user_examples
+    from memory import Memory, MemoryConfig
+
+    clock = ManualClock(utc(2026, 1, 5, 9))
+    with Memory(MemoryConfig(home=tmp_path), embedder=embedder, clock=clock) as mem:
+        ids = []
+        for said, reply in (("Name a quiet beach.", "Praia da Adraga, near Sintra."),
+                            ("And a lively one?", "Carcavelos, with surfers all day."),
+                            ("A beach for kids?", "Praia da Rainha: calm, shallow water.")):
+            clock.advance(timedelta(minutes=2))
+            mem.remember("ann", said)
+            ids.append(mem.remember("ann", reply, role="assistant").episode.id)
+        mem.rate("ann", ids[0], 1)
+        mem.rate("ann", ids[1], 1)
+        mem.rate("ann", ids[2], -1)
+        clock.advance(timedelta(minutes=1))
+        mem.rate("ann", ids[1], -1)  # she changed her mind about the lively one
+
+        new, old, newest = user_examples(mem, "ann", None)
+        liked = [ex for ex in new if ex.source == "rated_reply"]
+        assert [ex.target for ex in liked] == ["Praia da Adraga, near Sintra."]
+        assert liked[0].role == "assistant" and liked[0].context[-1] == ("user", "Name a quiet beach.")
+        assert sum(ex.source == "own_turn" for ex in new) == 3 and old == []
+
+        since = newest  # as a style layer trained now would record it
+        clock.advance(timedelta(hours=1))
+        mem.rate("ann", ids[2], 1)  # a like given after the layer was trained is new data
+        new, old, _ = user_examples(mem, "ann", since)
+        assert [(ex.source, ex.target) for ex in new] == [("rated_reply", "Praia da Rainha: calm, shallow water.")]
+        assert {ex.source for ex in old} == {"own_turn", "rated_reply"} and len(old) == 4

@@ -269,3 +269,25 @@ def test_the_agent_claims_only_the_personalization_that_is_active(make_stack) ->
     agent.worker.register("knowledge_edit", lambda job: "edited")
     assert agent.model_level and agent.capabilities().handled == ["knowledge_edit"]
     assert "model level (knowledge_edit; no handler for preference_weights, adapter_refresh" in agent.describe()
+
+
+def test_a_user_rates_the_last_reply_and_the_rating_is_stored_with_its_history(make_stack) -> None:
+    stack = make_stack()
+    agent = stack.agent
+    with pytest.raises(InvalidTurn, match="no stored reply to rate yet"):
+        agent.rate("sam", 1, session_id="s1")  # nothing said yet
+    first = agent.chat("sam", "Give me a one-line tip for sleeping well.", session_id="s1")
+    second = agent.chat("sam", "And one for waking up?", session_id="s1")
+    replies = [e for e in stack.memory.episodes("sam") if e.role == "assistant"]
+    assert [e.id for e in replies] == [first.reply_id, second.reply_id]
+    assert [e.text for e in replies] == [first.reply, second.reply]
+
+    agent.rate("sam", 1, session_id="s1")  # the session's last reply
+    agent.rate("sam", -1, reply_id=first.reply_id)
+    assert [(f.episode_id, f.value) for f in stack.memory.feedback("sam")] == [(second.reply_id, 1), (first.reply_id, -1)]
+
+    other = agent.chat("kim", "Hello there.", session_id="s1")
+    for bad, match in (({"reply_id": other.reply_id}, "no stored episode"), ({"value": 5}, "1 \\(liked\\) or -1")):
+        with pytest.raises(InvalidTurn, match=match):
+            agent.rate("sam", bad.get("value", 1), reply_id=bad.get("reply_id"), session_id="s1")
+    assert len(stack.memory.feedback("sam")) == 2 and stack.memory.feedback("kim") == []

@@ -132,10 +132,12 @@ def test_chat_takes_a_temperature_and_checks_it(cli_env: dict[str, str]) -> None
 
 def test_memory_commands_show_export_and_forget(cli_env: dict[str, str], tmp_path: Path) -> None:
     runner = CliRunner()
-    runner.invoke(app, ["chat", "--user", "ann", "--max-new-tokens", "4"], input="My name is Ann and I live in Turin.\n/quit\n",
-                  env=cli_env)
+    chat = runner.invoke(app, ["chat", "--user", "ann", "--max-new-tokens", "4"],
+                         input="My name is Ann and I live in Turin.\n/good\nKeep it short, please.\n/quit\n", env=cli_env)
+    assert "you liked that reply" in chat.output, chat.output
     shown = runner.invoke(app, ["memory", "show", "--user", "ann"], env=cli_env)
     assert shown.exit_code == 0 and "lives in: Turin" in shown.output
+    assert "verbosity -1.00 (concise)" in shown.output and "1 rated reply" in shown.output, shown.output
     out = tmp_path / "ann.json"
     assert runner.invoke(app, ["memory", "export", "--user", "ann", "--out", str(out)], env=cli_env).exit_code == 0
     assert "Turin" in out.read_text()

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from agent.cli_chat import ChatLoop
+from tests.agent.stacks import make_stack  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -223,3 +224,14 @@ def test_scenario_progress_shows_turns_and_where_on_a_terminal_only(tmp_path: Pa
         progress.turn_done(sc)
         progress.print("result line")
     assert pipe.file.getvalue() == "result line\n"
+
+
+def test_good_and_bad_rate_the_last_streamed_reply(make_stack) -> None:
+    stack = make_stack()
+    out, err = io.StringIO(), io.StringIO()
+    ChatLoop(stack, "sam", "s1", Typed(["/good", "Recommend a tea.", "/good", "/bad"]), Console(file=out, width=200),
+             Console(file=err, width=200)).run()
+    assert "no stored reply to rate yet" in err.getvalue()  # /good before any reply: shown, the session goes on
+    (reply,) = [e for e in stack.memory.episodes("sam") if e.role == "assistant"]
+    assert [(f.episode_id, f.value) for f in stack.memory.feedback("sam")] == [(reply.id, 1), (reply.id, -1)]
+    assert "you liked that reply" in out.getvalue() and "you disliked that reply" in out.getvalue()
