@@ -121,6 +121,7 @@ class Memory:
         from memory.bm25 import BM25Index
         from memory.chroma_backend import collection_name, make_chroma_client
         from memory.drift import DriftMonitor
+        from memory.preferences import FeedbackDriftMonitor
         from memory.graph import KnowledgeGraph
         from memory.retrieval import HybridRetriever
         from memory.stores import EpisodicStore, SemanticStore
@@ -159,6 +160,7 @@ class Memory:
         self._reply_scores: dict[str, dict[str, float]] = {}  # reply text → its style scores (memory.preferences)
         self.bm25 = BM25Index()
         self.drift = DriftMonitor(self.clock)  # per process by design: style statistics are never persisted
+        self.preference_drift = FeedbackDriftMonitor()  # per process too: the ratings are stored, not the detectors
         self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
                                          self.clock, config, versions=self._versions.get)
         self.parts = MemoryParts(config=config, clock=self.clock, embedder=self.embedder, sql=self._sql,
@@ -382,12 +384,16 @@ class Memory:
                               at=to_utc(at) if at else now, recorded_at=now)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(str(exc)) from exc
+        from memory.preferences import rating_signals
+
         before = self.preference_weights(user_id)
+        signals = rating_signals(rating, self.episodes(user_id), self.feedback(user_id), scores=self._scores)
         with self._write_lock, self._sql.transaction("store the rating") as conn:
             self._feedback.insert(conn, [rating])
         after = self.preference_weights(user_id)
+        fired = set(self.preference_drift.observe(user_id, signals))
         events = tuple(PreferenceDrift(d, before[d].weight, w.weight, (episode_id,)) for d, w in after.items()
-                       if w.pole is not None and w.pole != before[d].pole)
+                       if d in fired or (w.pole is not None and w.pole != before[d].pole))
         return Rated(rating, events)
 
     def feedback(self, user_id: str) -> list[Feedback]:
@@ -397,20 +403,22 @@ class Memory:
     def preference_weights(self, user_id: str, *, as_of: datetime | None = None) -> dict[str, "PreferenceWeight"]:
         """The user's style weights per dimension, in [-1, 1], from their statements and their ratings of replies
         (see :mod:`memory.preferences`); ``as_of``: as they stood then. Reply scores are cached per episode."""
-        from memory.preferences import preference_weights, reply_scores
+        from memory.preferences import preference_weights
 
         user_id = check_user_id(user_id)
-        cache = self._reply_scores
-
-        def scores(episode_text: str) -> dict[str, float]:
-            if episode_text not in cache:
-                if len(cache) > 10_000:
-                    cache.clear()
-                cache[episode_text] = reply_scores(episode_text)
-            return cache[episode_text]
-
         return preference_weights(self.facts(user_id, as_of=as_of), self.episodes(user_id), self.feedback(user_id),
-                                  scores=scores, as_of=as_of)
+                                  scores=self._scores, as_of=as_of)
+
+    def _scores(self, text: str) -> dict[str, float]:
+        """A reply's style scores, cached by text (scoring parses it with spaCy)."""
+        from memory.preferences import reply_scores
+
+        cache = self._reply_scores
+        if text not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[text] = reply_scores(text)
+        return cache[text]
 
     def indexed_count(self, user_id: str) -> int:
         """How many of the user's episodes are in the search index (what the cap limits)."""
@@ -484,6 +492,7 @@ class Memory:
             self._journal.forget(user_id)
             self.retriever.drop_user(user_id)
             self.drift.reset(user_id)
+            self.preference_drift.reset(user_id)
             self._sql.checkpoint()  # no copy of the deleted rows left in the WAL
         return removed
 

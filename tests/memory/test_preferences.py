@@ -99,3 +99,34 @@ def test_a_statement_resets_the_dimension_and_later_ratings_nudge_it(tmp_path: P
         mem.rate("dee", long_[0], -1)  # after it: a long reply disliked pulls the weight back a little
         w = mem.preference_weights("dee")["verbosity"]
         assert 0.5 <= w.weight < 1.0 and w.statement == 1.0 and w.ratings == 1
+
+
+def test_the_feedback_detector_fires_when_taste_turns_and_not_on_a_steady_stream() -> None:
+    import random
+
+    from memory.preferences import FeedbackDriftMonitor
+
+    rng = random.Random(0)
+    monitor = FeedbackDriftMonitor()
+    steady = [monitor.observe("ann", {"verbosity": 0.8 + rng.gauss(0, 0.4)}) for _ in range(60)]
+    assert not any(steady)
+    turned = [monitor.observe("ann", {"verbosity": -0.8 + rng.gauss(0, 0.4)}) for _ in range(30)]
+    first = next(i for i, f in enumerate(turned) if f)
+    assert turned[first] == ["verbosity"] and first < 15  # caught within a few ratings of the change
+    assert monitor.observe("bob", {"verbosity": -0.8}) == []  # per user
+    monitor.reset("ann")
+    assert monitor.observe("ann", {"verbosity": 0.8}) == []
+
+
+def test_a_rating_reports_the_signal_it_carries(tmp_path: Path, embedder) -> None:
+    from memory.preferences import rating_signals
+
+    clock = ManualClock(T0)
+    with Memory(MemoryConfig(home=tmp_path), embedder=embedder, clock=clock) as mem:
+        short = _replies(mem, clock, "eve", SHORT)
+        long_ = _replies(mem, clock, "eve", LONG)
+        liked_long = mem.rate("eve", long_[0], 1).feedback
+        signals = rating_signals(liked_long, mem.episodes("eve"), mem.feedback("eve"))
+        assert signals["verbosity"] > 0.5  # liking a long reply says "more verbose"
+        disliked_short = mem.rate("eve", short[0], -1).feedback
+        assert rating_signals(disliked_short, mem.episodes("eve"), mem.feedback("eve"))["verbosity"] > 0.5
