@@ -7,7 +7,8 @@ of the base model and publishes it with the user's knowledge edits as their next
 * **data** — the user's own turns (as continuation targets after the turns before them), the assistant replies
   whose current rating is a like (``Memory.rate`` / ``PersonalAgent.rate``: targets after the turn before them)
   and question/answer pairs of their *current* facts (superseded and retracted ones are not current; a
-  forgotten user has none);
+  forgotten user has none), plus the anchor examples: general questions with the base model's own answers
+  (:mod:`editing.oppu.anchors`), so the adapter leaves general answers as they were;
 * **continue or restart** — with a style layer in the published version made on this base, training continues
   from it on the turns recorded (and replies liked) since (``trained_through``) plus a replay sample of the older
   ones; with none,
@@ -109,7 +110,8 @@ class RefreshReport:
     user_id: str
     style_version: int | None = None
     published: int | None = None
-    n_new: int = 0
+    n_new: int = 0  # the user's new examples (own turns, liked replies, facts' Q/A)
+    n_anchors: int = 0  # anchor examples trained alongside (general questions, the base model's answers)
     n_replayed: int = 0
     continued: bool = False
     steps: int = 0
@@ -122,8 +124,8 @@ class RefreshReport:
         if self.style_version is None:
             return f"no refresh: {self.reason}"
         how = "continued" if self.continued else "from scratch"
-        return (f"style adapter v{self.style_version} ({how}: {self.n_new} new examples, {self.n_replayed} "
-                f"replayed, {self.steps} steps, loss {self.loss_first:.2f} → {self.loss_last:.2f}, "
+        return (f"style adapter v{self.style_version} ({how}: {self.n_new} new examples, {self.n_anchors} anchors, "
+                f"{self.n_replayed} replayed, {self.steps} steps, loss {self.loss_first:.2f} → {self.loss_last:.2f}, "
                 f"{self.seconds:.1f} s); published adapter v{self.published}")
 
 
@@ -141,12 +143,14 @@ class AdapterRefresher:
     ``config``: how the style adapter is trained (default :func:`editing.oppu.refresh_config`; only a LoRA layer
     is published with the edits, so another kind is refused). ``refresh_every``: user turns between automatic refreshes (0: off).
     ``watch_style``: run the perplexity drift detector on every turn. ``min_turns``: own turns a user needs
-    before a first style adapter is trained (fewer teach it nothing about how they write).
+    before a first style adapter is trained (fewer teach it nothing about how they write). ``anchors``: add the
+    anchor examples (general questions with the base model's own answers, :mod:`editing.oppu.anchors`) to every
+    refresh, so the adapter leaves general answers as they were.
     """
 
     def __init__(self, workspace: "ModelWorkspace", config: "AdapterTrainConfig | None" = None, *,
                  refresh_every: int = 50, watch_style: bool = True, min_turns: int = 8,
-                 detector_factory: Callable[[], Any] = page_hinkley) -> None:
+                 detector_factory: Callable[[], Any] = page_hinkley, anchors: bool = True) -> None:
         from editing.errors import InvalidRequest
         from editing.oppu import refresh_config
 
@@ -170,6 +174,8 @@ class AdapterRefresher:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._opened: tuple[Any, Any] | None = None
+        self.anchors = anchors
+        self._anchor_cache: tuple[str, list["TrainExample"]] | None = None  # (base model id, examples)
 
     # ------------------------------------------------------------------------------ refreshing
 
@@ -211,7 +217,8 @@ class AdapterRefresher:
             t0 = time.perf_counter()
             from editing.oppu import train_adapter
 
-            trained = train_adapter(model.model, model.tokenizer, new, self.config,
+            anchors = self._anchors(model)
+            trained = train_adapter(model.model, model.tokenizer, new + anchors, self.config,
                                     init=current[1] if current else None, replay=old, progress=progress,
                                     base_model_id=model.model_id)
             trained = dataclasses.replace(trained, extra={
@@ -221,13 +228,24 @@ class AdapterRefresher:
             report.style_version = styles.save(user_id, trained)
             report.published = ws.editor.publish(user_id, (trained.lora_deltas(),
                                                             {"style_version": report.style_version}))
-        report.n_new, report.n_replayed, report.continued = trained.n_examples, trained.n_replayed, trained.continued
+        report.n_anchors = len(anchors)
+        report.n_new = trained.n_examples - report.n_anchors
+        report.n_replayed, report.continued = trained.n_replayed, trained.continued
         report.steps = len(trained.losses)
         report.loss_first, report.loss_last = trained.losses[0], trained.losses[-1]
         report.seconds = time.perf_counter() - t0
         self._reset_watch(user_id)
         log.info("adapter refresh for %s: %s", user_id, report.summary())
         return report
+
+    def _anchors(self, model: Any) -> list["TrainExample"]:
+        """The anchor examples (:mod:`editing.oppu.anchors`) of this base model, generated once per process."""
+        from editing.oppu import anchor_examples
+
+        if self._anchor_cache is None or self._anchor_cache[0] != model.model_id:
+            self._anchor_cache = (model.model_id, anchor_examples(model.model, model.tokenizer)
+                                  if self.anchors else [])
+        return self._anchor_cache[1]
 
     def __call__(self, job: Job) -> str:
         report = self.refresh(job.user_id)

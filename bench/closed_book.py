@@ -14,7 +14,8 @@ by each user's model, all edits in), ``s_per_edit``; ``base.accuracy`` is the un
 Besides the editing methods, ``adapter`` is the user's style adapter as pllm's refresh trains it
 (:func:`editing.oppu.refresh_config`) on their own turns (``--turns`` everyday turns) and the Q/A pairs of their *current* facts, and
 ``adapter+METHOD`` is that adapter with METHOD's edits computed on top of it — the published combination.
-Their ``s_per_edit`` is the adapter's training time per fact (plus the edits').
+Their ``s_per_edit`` is the adapter's training time per fact (plus the edits'). ``--no-anchors`` trains the
+adapter without the anchor examples (:mod:`editing.oppu.anchors`), as pllm did before them.
 
     python bench/closed_book.py [--users 2] [--facts 3] [--seed 0] [--methods ft_l rome rome_chat memit_chat memit_chat_wide adapter adapter+ft_l] [--threads 1] [--json]
 """
@@ -153,16 +154,18 @@ _TURNS = ["Morning! Slept badly, the neighbours had a party again.", "Work was l
           "My phone keeps dying, need a new battery.", "Any ideas for a quiet evening at home?"]
 
 
-def train_style_adapter(lm: Any, user: User, turns: int) -> tuple[list[Any], float]:
-    """The user's style adapter as the worker's refresh trains it: own turns + current facts' Q/A pairs,
-    :func:`editing.oppu.refresh_config`."""
-    from editing.oppu import REFRESH_CONTEXT_TURNS, build_examples, refresh_config, train_adapter
+def train_style_adapter(lm: Any, user: User, turns: int, anchors: bool = True) -> tuple[list[Any], float]:
+    """The user's style adapter as the worker's refresh trains it: own turns + current facts' Q/A pairs + the
+    anchor examples, :func:`editing.oppu.refresh_config`."""
+    from editing.oppu import REFRESH_CONTEXT_TURNS, anchor_examples, build_examples, refresh_config, train_adapter
 
     dialogue = []
     for i in range(turns):
         dialogue += [{"role": "user", "content": _TURNS[i % len(_TURNS)]}, {"role": "assistant", "content": "I see."}]
     facts = [fact_of(slot, slot.current) for slot in [*user.slots, user.chain]]  # current values only
     examples = build_examples(dialogue, facts, context_turns=REFRESH_CONTEXT_TURNS)
+    if anchors:
+        examples += anchor_examples(lm.model, lm.tokenizer)
     t0 = time.perf_counter()
     adapter = train_adapter(lm.model, lm.tokenizer, examples, refresh_config(int(lm.model.config.num_hidden_layers)),
                             base_model_id=lm.model_id)
@@ -240,7 +243,7 @@ class AdapterOnly:
 
 
 def run_method(lm: Any, users: list[User], method: str, max_new_tokens: int,
-               turns: int = 8) -> tuple[dict[str, float], list[Any]]:
+               turns: int = 8, anchors: bool = True) -> tuple[dict[str, float], list[Any]]:
     from editing.checks import contains_target
 
     models: list[Any] = []
@@ -250,7 +253,7 @@ def run_method(lm: Any, users: list[User], method: str, max_new_tokens: int,
     for user in users:
         n_facts = len(user.slots) + 1
         if adapter:
-            style, train_s = train_style_adapter(lm, user, turns)
+            style, train_s = train_style_adapter(lm, user, turns, anchors)
             if not edit_method:
                 models.append(AdapterOnly(style, train_s, n_facts))
                 continue
@@ -291,6 +294,7 @@ def main() -> None:
                    help="CPU threads for torch (1: on a shared 2-core CPU two threads were ~5x slower)")
     p.add_argument("--cache-dir", type=Path, default=Path(".pllm-home") / "models")
     p.add_argument("--show", action="store_true", help="print every answer")
+    p.add_argument("--no-anchors", action="store_true", help="train the style adapter without the anchor examples")
     args = p.parse_args()
     if args.users < 1 or args.facts < 1:
         sys.exit("--users and --facts must be >= 1")
@@ -307,7 +311,7 @@ def main() -> None:
     summary: dict[str, Any] = {"base": {"accuracy": round(accuracy(base_pairs), 1),
                                         "neutral_accuracy": round(100 * statistics.mean(neutral_kept(lm, [], 16)), 1)}}
     for method in methods:
-        summary[method], pairs = run_method(lm, users, method, args.max_new_tokens, args.turns)
+        summary[method], pairs = run_method(lm, users, method, args.max_new_tokens, args.turns, not args.no_anchors)
         if args.show:
             for slot, answer in pairs:
                 print(f"[{method}] {slot.relation}/{slot.category} = {slot.current!r}: {answer!r}")

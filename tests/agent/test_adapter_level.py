@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from agent.adapter_level import AdapterRefresher
 from agent.model_level import ModelWorkspace, adapter_store, style_store
 from editing import GenerationSettings
-from editing.oppu import AdapterTrainConfig
+from editing.oppu import ANCHOR_QUESTIONS, AdapterTrainConfig
 from memory import ManualClock, utc
 from tests.agent.stacks import make_stack  # noqa: F401 - a fixture
 
@@ -97,6 +97,7 @@ def refreshed(home_stack):  # -> (refresher, first report, second report, view a
 def test_a_refresh_trains_on_the_users_turns_and_the_next_one_continues_with_replay(home_stack, refreshed) -> None:
     refresher, first, second, view1, view2 = refreshed
     assert first.style_version == 1 and not first.continued and first.n_new == len(_TOPICS)
+    assert first.n_anchors == second.n_anchors == len(ANCHOR_QUESTIONS)  # generated once, trained in every refresh
     assert second.style_version == 2 and second.continued
     assert second.n_new == len(_LATER) and second.n_replayed > 0  # only the new turns, plus a replay sample
     assert view1 is not None and view2 is not None and view2.version > view1.version

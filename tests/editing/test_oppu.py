@@ -226,3 +226,19 @@ def test_a_new_base_model_retrains_from_scratch_on_the_whole_history(local_model
                       base_model_id=local_model.model_id)
     with pytest.raises(InvalidRequest, match="no training examples"):
         train_adapter(model, tok, [], config)
+
+
+def test_anchor_examples_are_the_base_models_own_answers_and_change_nothing(local_model):
+    from editing.chat_prompts import NEUTRAL_CHAT
+    from editing.checks import closed_book_answer
+    from editing.oppu import ANCHOR_QUESTIONS, anchor_examples
+
+    before = {k: v.clone() for k, v in local_model.model.state_dict().items()}
+    anchors = anchor_examples(local_model.model, local_model.tokenizer, ANCHOR_QUESTIONS[2:4], max_new_tokens=16)
+    assert [a.context for a in anchors] == [(("user", q),) for q in ANCHOR_QUESTIONS[2:4]]
+    assert all(a.role == "assistant" and a.source == "anchor" for a in anchors)
+    assert anchors[1].target == closed_book_answer(local_model.model, local_model.tokenizer, ANCHOR_QUESTIONS[3],
+                                                   max_new_tokens=16).strip()
+    assert "Leonardo" in anchors[0].target and "100" in anchors[1].target  # what the adapter is trained to keep
+    assert not set(ANCHOR_QUESTIONS) & set(NEUTRAL_CHAT)  # the measured general questions stay held out
+    assert all(torch.equal(v, before[k]) for k, v in local_model.model.state_dict().items())
