@@ -36,14 +36,14 @@ from memory.errors import InvalidInput
 from memory.validation import check_user_id, clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    from datetime import datetime
+
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.store.base import BaseStore
 
-    from datetime import datetime
-
     from memory import ChangeEvent, Memory
-    from memory.service import Rated
     from memory.retrieval import Recollection
+    from memory.service import Rated
 
 __all__ = ["build_graph", "PersonalAgent", "TurnResult", "make_checkpointer", "checkpoint_serde", "close_checkpointer"]
 

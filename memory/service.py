@@ -121,8 +121,8 @@ class Memory:
         from memory.bm25 import BM25Index
         from memory.chroma_backend import collection_name, make_chroma_client
         from memory.drift import DriftMonitor
-        from memory.preferences import FeedbackDriftMonitor
         from memory.graph import KnowledgeGraph
+        from memory.preferences import FeedbackDriftMonitor
         from memory.retrieval import HybridRetriever
         from memory.stores import EpisodicStore, SemanticStore
 
@@ -164,7 +164,8 @@ class Memory:
         self.retriever = HybridRetriever(self.episodic, self.semantic, self.graph, self.embedder, self.bm25,
                                          self.clock, config, versions=self._versions.get)
         self.parts = MemoryParts(config=config, clock=self.clock, embedder=self.embedder, sql=self._sql,
-                                 episodes=self._log, summaries=self._summaries, feedback=self._feedback, versions=self._versions,
+                                 episodes=self._log, summaries=self._summaries, feedback=self._feedback,
+                                 versions=self._versions,
                                  episodic=self.episodic, semantic=self.semantic, graph=self.graph,
                                  retriever=self.retriever, write_lock=self._write_lock)
         if not self.read_only:
@@ -361,8 +362,9 @@ class Memory:
 
         Ratings keep their history (a new rating of the same reply is added; the newest counts, see
         :func:`memory.feedback.current_ratings`). When the rating turns a style weight to the other pole
-        (:meth:`preference_weights`), the result carries ``PreferenceDrift(dimension, before, after, (reply,))``
-        with the weights before and after. Raises ``InvalidInput`` (nothing stored) when the value is not 1
+        (:meth:`preference_weights`), or the ``river`` detector over that dimension's per-rating signal fires
+        (:class:`memory.preferences.FeedbackDriftMonitor`), the result carries
+        ``PreferenceDrift(dimension, before, after, (reply,))`` with the weights before and after. Raises ``InvalidInput`` (nothing stored) when the value is not 1
         or -1, or ``episode_id`` is not an assistant reply stored for this user.
         """
         self._writable("rate a reply")
@@ -402,7 +404,7 @@ class Memory:
 
     def preference_weights(self, user_id: str, *, as_of: datetime | None = None) -> dict[str, "PreferenceWeight"]:
         """The user's style weights per dimension, in [-1, 1], from their statements and their ratings of replies
-        (see :mod:`memory.preferences`); ``as_of``: as they stood then. Reply scores are cached per episode."""
+        (see :mod:`memory.preferences`); ``as_of``: as they stood then. Reply scores are cached by text."""
         from memory.preferences import preference_weights
 
         user_id = check_user_id(user_id)
