@@ -11,8 +11,7 @@ of the base model and publishes it with the user's knowledge edits as their next
   (:mod:`editing.oppu.anchors`), so the adapter leaves general answers as they were;
 * **continue or restart** — with a style layer in the published version made on this base, training continues
   from it on the turns recorded (and replies liked) since (``trained_through``) plus a replay sample of the older
-  ones; with none,
-  or one made on another base model (stale), it trains from scratch on the whole history;
+  ones; with none, or one made on another base model (stale), it trains from scratch on the whole history;
 * **publish** — the style version is stored (:class:`~editing.oppu.store.StyleStore`), then the user's edits
   and the new style layer are published together (concatenated module by module: an exact sum).
 

@@ -165,13 +165,20 @@ def rating_signals(rating: Feedback, replies: Sequence[Episode], ratings: Sequen
                    scores: Callable[[str], Mapping[str, float]] = reply_scores) -> dict[str, float]:
     """What one rating says per dimension: ``rating × z(score of the rated reply)`` (0 when replies all score alike)."""
     _, scored = _scored(replies, [*ratings, rating], scores, None)
+    own = scored.get(rating.episode_id)
     out = {}
     for dim in DIMENSIONS:
-        every = [s[dim] for s in scored.values()]
-        spread = statistics.pstdev(every) if len(every) > 1 else 0.0
-        own = scored.get(rating.episode_id)
-        out[dim] = 0.0 if not spread or own is None else rating.value * (own[dim] - statistics.fmean(every)) / spread
+        mean, spread = _spread(dim, scored)
+        out[dim] = 0.0 if not spread or own is None else rating.value * (own[dim] - mean) / spread
     return out
+
+
+def _spread(dim: str, scored: Mapping[str, Mapping[str, float]]) -> tuple[float, float]:
+    """(mean, population sd) of the reference replies' scores on ``dim``; sd 0 with fewer than two."""
+    every = [s[dim] for s in scored.values()]
+    if len(every) < 2:
+        return (every[0] if every else 0.0), 0.0
+    return statistics.fmean(every), statistics.pstdev(every)
 
 
 def _adwin() -> Any:
@@ -218,9 +225,7 @@ def _signal(dim: str, counted: Sequence[Feedback], scored: Mapping[str, Mapping[
     """``tanh`` of the mean of ``rating × z(score)`` over the counted ratings (z against all replies)."""
     if not counted:
         return 0.0
-    every = [s[dim] for s in scored.values()]
-    mean = statistics.fmean(every)
-    spread = statistics.pstdev(every) if len(every) > 1 else 0.0
+    mean, spread = _spread(dim, scored)
     if spread == 0.0:
         return 0.0  # all replies score alike: ratings say nothing about this dimension
     return math.tanh(statistics.fmean(fb.value * (scored[fb.episode_id][dim] - mean) / spread for fb in counted))

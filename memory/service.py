@@ -386,13 +386,15 @@ class Memory:
                               at=to_utc(at) if at else now, recorded_at=now)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(str(exc)) from exc
-        from memory.preferences import rating_signals
+        from memory.preferences import preference_weights, rating_signals
 
-        before = self.preference_weights(user_id)
-        signals = rating_signals(rating, self.episodes(user_id), self.feedback(user_id), scores=self._scores)
+        # Read once: the weights before and after differ only by this rating.
+        facts, replies, ratings = self.facts(user_id), self.episodes(user_id), self.feedback(user_id)
+        before = preference_weights(facts, replies, ratings, scores=self._scores)
+        signals = rating_signals(rating, replies, ratings, scores=self._scores)
         with self._write_lock, self._sql.transaction("store the rating") as conn:
             self._feedback.insert(conn, [rating])
-        after = self.preference_weights(user_id)
+        after = preference_weights(facts, replies, [*ratings, rating], scores=self._scores)
         fired = set(self.preference_drift.observe(user_id, signals))
         events = tuple(PreferenceDrift(d, before[d].weight, w.weight, (episode_id,)) for d, w in after.items()
                        if d in fired or (w.pole is not None and w.pole != before[d].pole))

@@ -13,8 +13,8 @@ Each scenario runs in a fresh pllm home (a temporary folder, removed afterwards)
 
 A turn's ``feedback`` rates that turn's reply (:meth:`agent.graph.PersonalAgent.rate`): it is stored with
 the user's memory, where the style adapter's refresh takes the replies rated up as training targets. A
-scenario that raises stops there: its remaining
-expectations are reported as failed with the error, and the runner goes on with the next scenario.
+scenario that raises stops there: its remaining expectations are reported as failed with the error, and the
+runner goes on with the next scenario.
 """
 
 from __future__ import annotations
