@@ -10,9 +10,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# `dill` (installed with TRL's `datasets`) writes and removes a temporary file when it is first imported, and
+# torch.utils.data imports it whenever it is installed; it is imported before the hook so that the probe
+# checks pllm's own imports, not that third-party side effect.
 PROBE = textwrap.dedent(
     """
     import json, sys
+    try:
+        import dill  # noqa: F401
+    except ImportError:
+        pass
     events = []
     def hook(event, args):
         if event.startswith("socket.") and event not in ("socket.gethostname", "socket.__new__"):
