@@ -225,8 +225,8 @@ class AdapterRefresher:
                 "new_liked_replies": new_liked,
                 "previous_version": current[0] if current else None})
             report.style_version = styles.save(user_id, trained)
-            report.published = ws.editor.publish(user_id, (trained.lora_deltas(),
-                                                            {"style_version": report.style_version}))
+            report.published = ws.editor.publish(user_id, ws.layers.compose(
+                user_id, style=(report.style_version, trained)))
         report.n_anchors = len(anchors)
         report.n_new = trained.n_examples - report.n_anchors
         report.n_replayed, report.continued = trained.n_replayed, trained.continued

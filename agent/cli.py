@@ -335,6 +335,10 @@ from agent.cli_adapters import adapters_app  # noqa: E402 - one-way, like the sc
 
 app.add_typer(adapters_app, name="adapters")
 
+from agent.cli_align import align_app  # noqa: E402 - one-way, like the scenario commands
+
+app.add_typer(align_app, name="align")
+
 
 def main() -> None:
     """Entry point of the ``pllm`` script."""

@@ -1,7 +1,9 @@
 """``pllm demo``: a scripted assistant conversation over three sessions on different days.
 
-The agent learns facts in session 1, uses them in session 2, the user's drink preference changes,
-and in session 3 the new preference has replaced the old one (which stays in history).
+The agent learns facts in session 1, uses them in session 2, the user's drink preference changes and
+they ask for short answers, and in session 3 the new preference has replaced the old one (which stays in
+history). With model updates on, the demo then shows the user's own model: their facts asked closed book, and
+their style weights with the preference layer merged from the cached pole adapters (or why there is none).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ DEMO_SESSIONS = (
     DemoSession(utc(2026, 2, 10, 8), (
         "Where do I live?",
         "I switched from espresso to green tea.",
+        "Please keep your answers short.",
     )),
     DemoSession(utc(2026, 3, 15, 8), (
         "What should I drink this morning?",
@@ -104,3 +107,28 @@ def show_model_level(console: Console, stack: object, user_id: str) -> None:
     failed = [j for j in agent.worker.store.list(user_id, states=("failed",))]
     for job in failed:
         console.print(f"[red]job {job.id} failed:[/] {escape(job.error)}")
+    show_preference(console, stack, user_id)
+
+
+def show_preference(console: Console, stack: object, user_id: str) -> None:
+    """The user's style weights and the preference layer of their published adapter (or why there is none)."""
+    from agent.model_level import adapter_store, pole_store
+    from agent.views import weights_line
+
+    settings, local = stack.settings, stack.local  # type: ignore[attr-defined]
+    console.rule(f"{user_id}'s style (objective level)")
+    console.print(escape(weights_line(stack.memory, user_id)))  # type: ignore[attr-defined]
+    trained = pole_store(settings).available(local.model_id)
+    info = next((v for v in adapter_store(settings.home).versions(user_id) if v.published), None)
+    pref = info.extra.get("preference") if info is not None else None
+    if not trained:
+        console.print("[yellow]no pole adapters are cached for this model[/]: the style weights act at the input "
+                      "level only (the profile in the prompt). Train them once with `pllm align train` (minutes); "
+                      "the demo does not wait for it.")
+    elif isinstance(pref, dict) and pref.get("merged"):
+        mix = ", ".join(f"{k} × {pref['mix'][k]:.2f}" for k in pref["merged"])
+        console.print(f"preference layer in adapter v{info.version}: {escape(mix)} (cached poles, merged with PEFT "
+                      f"{escape(str(pref.get('combination')))})")
+    else:
+        console.print(f"cached poles: {', '.join(p.key for p in trained)}; no preference layer published for "
+                      f"{escape(user_id)} (no style weight leans to a trained pole)")

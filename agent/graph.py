@@ -148,7 +148,8 @@ class PersonalAgent:
             log.info("chat model %s is not pllm's local model: only input-level personalization "
                      "(profile + retrieval in the prompt) applies", type(chat_model).__name__)
         self.worker = worker or UpdateWorker(clock=memory.clock)
-        builder = build_graph(memory, chat_model, count_tokens=count_tokens, policy=policy, worker=self.worker,
+        self.policy = policy or DefaultPolicy()
+        builder = build_graph(memory, chat_model, count_tokens=count_tokens, policy=self.policy, worker=self.worker,
                               budget=budget)
         if checkpointer is None:
             from langgraph.checkpoint.memory import InMemorySaver
@@ -222,8 +223,10 @@ class PersonalAgent:
 
         The rating is stored with its history in the user's memory (:meth:`memory.Memory.rate`); the replies
         rated up become training targets of the user's style adapter, and the rating moves the user's style weights
-        (the result's ``events`` hold a ``PreferenceDrift`` when a weight turned to the other pole). Raises :class:`InvalidTurn` when the
-        session has no stored reply yet, the id is not one of the user's replies, or the value is not 1 / -1.
+        (the result's ``events`` hold a ``PreferenceDrift`` when a weight turned to the other pole or the drift detector
+        fired; the update policy turns it into a job — by default a merge of the user's preference layer). Raises
+        :class:`InvalidTurn` when the session has no stored reply yet, the id is not one of the user's replies, or the
+        value is not 1 / -1.
         """
         try:
             user_id = check_user_id(user_id)
@@ -233,9 +236,12 @@ class PersonalAgent:
                 if reply_id is None:
                     raise InvalidInput(f"session {session_id!r} of {user_id!r} has no stored reply to rate yet; "
                                        "chat first, or pass reply_id=")
-            return self.memory.rate(user_id, reply_id, value, at=at)
+            rated = self.memory.rate(user_id, reply_id, value, at=at)
         except InvalidInput as exc:
             raise InvalidTurn(f"rating refused, nothing was stored: {exc}") from exc
+        if rated.events:
+            self.worker.submit(self.policy.plan(user_id, list(rated.events), rated.feedback.at))
+        return rated
 
     def last_turn(self, user_id: str, session_id: str = "default") -> dict[str, Any]:
         """The thread's checkpointed state (messages, last prompt, last recollection, events)."""

@@ -1,11 +1,14 @@
-"""Model-level personalization wired into a stack: the knowledge-edit job handler and the user-data part.
+"""Model-level personalization wired into a stack: the knowledge-edit and preference job handlers, the user-data part.
 
 The handlers of a stack share a :class:`ModelWorkspace`: on the first job it makes a *private copy* of the
 base model (so a job never blocks a reply or leaks hooks into one) with a
 :class:`~editing.personal.KnowledgeEditor` on it. :func:`knowledge_edit_handler` (``knowledge_edit`` jobs)
 reconciles the user's active edits with their current facts and publishes the user's adapter — the edits
-together with the style adapter of the published version (:mod:`agent.adapter_level` trains that one). The
-serving side (:class:`~agent.chat_model.PllmChatModel`) reads the published version on the user's next turn.
+together with the style adapter and the preference layer of the published version (:class:`UserLayers`;
+:mod:`agent.adapter_level` trains the style adapter). :func:`preference_handler` (``preference_weights`` jobs,
+planned from ``PreferenceDrift``) reads the user's style weights from memory and publishes the edits and style
+with the poles merged by the new weights. The serving side (:class:`~agent.chat_model.PllmChatModel`) reads the
+published version on the user's next turn.
 
 Where things live under the home::
 
@@ -14,6 +17,7 @@ Where things live under the home::
     HOME/adapters/                     every user's published adapter versions (editing.adapters)
     HOME/style/                        every user's style-adapter versions (editing.oppu.store)
     MODEL_CACHE/stats/                 key statistics per base model, shared by homes (editing.stats)
+    MODEL_CACHE/poles/                 the DPO pole adapters per base model, shared by homes (editing.alignment)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from agent.settings import Settings
     from editing import LocalModel
     from editing.adapters import AdapterStore
+    from editing.alignment import PoleStore
     from editing.oppu.store import StyleStore
     from editing.oppu.train import TrainedAdapter
     from editing.personal import KnowledgeEditor
@@ -38,8 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from editing.user_edits import EditRegistry
     from memory.service import Memory
 
-__all__ = ["adapter_store", "edit_registry", "style_store", "published_style", "knowledge_edit_handler", "open_editor",
-           "ModelWorkspace", "ModelPart"]
+__all__ = ["adapter_store", "edit_registry", "style_store", "pole_store", "published_style", "knowledge_edit_handler",
+           "preference_handler", "open_editor", "UserLayers", "ModelWorkspace", "ModelPart"]
 
 log = logging.getLogger(__name__)
 
@@ -86,24 +92,108 @@ def published_style(adapters: "AdapterStore", styles: "StyleStore", user_id: str
         return None
 
 
+def pole_store(settings: "Settings") -> "PoleStore":
+    """Where the stack's pole adapters live: beside the converted model (``<model cache>/poles``), shared by every
+    home on that cache (poles belong to the base model, not to a user)."""
+    from editing.alignment import PoleStore
+
+    return PoleStore((settings.model_cache or settings.home / "models") / "poles")
+
+
+class UserLayers:
+    """A user's layers besides their knowledge edits, as one publish combines them (module by module, exactly):
+
+    * **style** — the style adapter of their published version (``style_version``), unless a new one is given;
+    * **preference** — their pole adapters merged by their style weights (:mod:`editing.alignment.merge`, PEFT
+      ``add_weighted_adapter``, ``combination``), from the weights recorded in the published version unless new
+      ones are given. A pole not trained for the base model adds nothing (its dimension stays as the base model
+      has it) and the record lists it under ``missing_poles`` (``pllm align train``); a trained pole that cannot
+      be loaded raises, so nothing is published.
+
+    Calling it (``layers(user_id)``) keeps both layers as published — what a knowledge-edit publish does.
+    """
+
+    def __init__(self, model: "LocalModel", settings: "Settings", *, combination: str = "cat") -> None:
+        from editing.errors import InvalidRequest
+
+        if combination not in ("cat", "svd"):
+            raise InvalidRequest(f"combination must be 'cat' (exact) or 'svd', got {combination!r}")
+        self.model = model
+        self.adapters, self.styles = adapter_store(settings.home), style_store(settings.home)
+        self.poles = pole_store(settings)
+        self.combination = combination
+        self._merged: dict[tuple[str, ...], list["LowRankDelta"]] = {}  # (fingerprint, mix) → deltas
+
+    def published_weights(self, user_id: str) -> dict[str, float]:
+        """The style weights the user's published version was merged with ({} when none)."""
+        info = next((v for v in self.adapters.versions(user_id) if v.published), None)
+        pref = info.extra.get("preference") if info is not None else None
+        weights = pref.get("weights") if isinstance(pref, dict) else None
+        return {str(k): float(v) for k, v in weights.items()} if isinstance(weights, dict) else {}
+
+    def preference(self, weights: Mapping[str, float]) -> tuple[list["LowRankDelta"], dict[str, Any]]:
+        """The preference layer for ``weights`` (dimension → w) and its record."""
+        from editing.alignment import merge_poles, pole_from_key, pole_mix
+
+        mix = pole_mix(weights)
+        record: dict[str, Any] = {"weights": {k: float(v) for k, v in weights.items()}, "mix": mix,
+                                  "combination": self.combination}
+        if not mix:
+            return [], record
+        base_id = self.model.model_id
+        trained = {p.key for p in self.poles.available(base_id)}
+        usable = {k: w for k, w in mix.items() if k in trained}
+        missing = sorted(k for k in mix if k not in trained)
+        if missing:
+            record["missing_poles"] = missing
+            log.info("style weights %s: poles %s are not trained for %s, their dimensions stay as the base model "
+                     "has them (run `pllm align train`)", dict(weights), missing, base_id)
+        record["merged"] = sorted(usable)
+        if not usable:
+            return [], record
+        fingerprint = self.poles.fingerprint(base_id, [pole_from_key(k) for k in usable])
+        record["poles"] = fingerprint
+        key = (fingerprint, self.combination, *(f"{k}={v:.4f}" for k, v in sorted(usable.items())))
+        if key not in self._merged:
+            if len(self._merged) > 64:
+                self._merged.clear()
+            self._merged[key] = merge_poles(self.model.model, self.poles, base_id, usable,
+                                            combination=self.combination)  # type: ignore[arg-type]
+        return list(self._merged[key]), record
+
+    def compose(self, user_id: str, *, style: tuple[int, "TrainedAdapter"] | None = None,
+                weights: Mapping[str, float] | None = None) -> tuple[list["LowRankDelta"], dict[str, Any]]:
+        """(deltas, record) of the user's style and preference layers; ``style`` / ``weights`` replace the
+        published ones."""
+        deltas: list["LowRankDelta"] = []
+        extra: dict[str, Any] = {}
+        found = style if style is not None else published_style(self.adapters, self.styles, user_id,
+                                                                  self.model.model_id)
+        if found is not None and found[1].kind == "lora":
+            deltas += found[1].lora_deltas()
+            extra["style_version"] = found[0]
+        weights = self.published_weights(user_id) if weights is None else weights
+        if weights:
+            pref, record = self.preference(weights)
+            deltas += pref
+            extra["preference"] = record
+        return deltas, extra
+
+    def __call__(self, user_id: str) -> tuple[list["LowRankDelta"], dict[str, Any]]:
+        return self.compose(user_id)
+
+
 def open_editor(local: "LocalModel", settings: "Settings", *, private: bool = True) -> "KnowledgeEditor":
     """A knowledge editor for ``settings.home`` on ``local`` (on a private copy of it unless ``private=False``).
 
-    It publishes each user's edits together with the style adapter of their published version.
+    It publishes each user's edits together with their other layers (:class:`UserLayers`: the style adapter and
+    the preference layer of their published version).
     """
     from editing.personal import KnowledgeEditor, private_copy
 
     model = private_copy(local) if private else local
-    adapters, styles = adapter_store(settings.home), style_store(settings.home)
-
-    def layers(user_id: str) -> tuple[list["LowRankDelta"], dict[str, Any]]:
-        found = published_style(adapters, styles, user_id, model.model_id)
-        if found is None or found[1].kind != "lora":
-            return [], {}
-        return found[1].lora_deltas(), {"style_version": found[0]}
-
-    return KnowledgeEditor(model, edit_registry(settings.home), adapters, stats_dir=stats_dir(settings),
-                           layers=layers)
+    return KnowledgeEditor(model, edit_registry(settings.home), adapter_store(settings.home),
+                           stats_dir=stats_dir(settings), layers=UserLayers(model, settings))
 
 
 class ModelWorkspace:
@@ -133,6 +223,13 @@ class ModelWorkspace:
         """The private copy of the base model."""
         return self.editor.local
 
+    @property
+    def layers(self) -> UserLayers:
+        """The editor's :class:`UserLayers` (style and preference layers published with the edits)."""
+        layers = self.editor.layers
+        assert isinstance(layers, UserLayers)
+        return layers
+
 
 def knowledge_edit_handler(workspace: ModelWorkspace) -> Handler:
     """The ``knowledge_edit`` handler: reconcile the user's edits with their current facts, publish."""
@@ -143,6 +240,39 @@ def knowledge_edit_handler(workspace: ModelWorkspace) -> Handler:
         if report.rejected and not report.added and not report.retired:
             raise JobRejected(report.summary())
         return report.summary()
+
+    return handle
+
+
+def preference_handler(workspace: ModelWorkspace) -> Handler:
+    """The ``preference_weights`` handler: merge the user's poles by their current style weights, publish.
+
+    Nothing is published when the weights equal those of the published version. A pole that cannot be loaded
+    (corrupt, or trained on another base) fails the job at once and leaves the published version in place.
+    """
+    from editing.errors import InvalidRequest
+
+    def handle(job: Job) -> str:
+        ws = workspace
+        weights = {d: w.weight for d, w in ws.memory.preference_weights(job.user_id).items()}
+        with ws.lock:
+            layers = ws.layers
+            published = layers.published_weights(job.user_id)
+            shown = ", ".join(f"{d} {w:+.2f}" for d, w in weights.items())
+            if published and all(abs(published.get(d, 0.0) - w) < 1e-4 for d, w in weights.items()):
+                return f"style weights unchanged ({shown}); nothing to publish"
+            try:
+                deltas, extra = layers.compose(job.user_id, weights=weights)
+            except InvalidRequest as err:
+                raise JobRejected(f"the preference layer could not be merged ({err}); the published adapter "
+                                  "is unchanged") from err
+            version = ws.editor.publish(job.user_id, (deltas, extra))
+        pref = extra.get("preference", {})
+        merged = ", ".join(f"{k} × {pref['mix'][k]:.2f}" for k in pref.get("merged", [])) or "none"
+        missing = (f"; not trained for this base model: {', '.join(pref['missing_poles'])} (run `pllm align train`)"
+                   if pref.get("missing_poles") else "")
+        return (f"style weights {shown}; preference layer {merged} ({pref.get('combination')}){missing}; "
+                f"published adapter v{version}")
 
     return handle
 

@@ -35,6 +35,12 @@ def _knowledge_edit(workspace: "ModelWorkspace") -> "Handler":
     return knowledge_edit_handler(workspace)
 
 
+def _preference_weights(workspace: "ModelWorkspace") -> "Handler":
+    from agent.model_level import preference_handler
+
+    return preference_handler(workspace)
+
+
 def _adapter_refresh(workspace: "ModelWorkspace") -> "Handler":
     from agent.adapter_level import AdapterRefresher
 
@@ -44,10 +50,11 @@ def _adapter_refresh(workspace: "ModelWorkspace") -> "Handler":
 
 # Model-level job handlers the stack registers on its update worker (when ``settings.model_updates``): job
 # kind → factory building the handler from the stack's :class:`~agent.model_level.ModelWorkspace` (the local
-# model, memory, settings and the private model copy the handlers share). Preference weights add theirs
-# here, which is also what :func:`stack_capabilities` reports.
+# model, memory, settings and the private model copy the handlers share); also what :func:`stack_capabilities`
+# reports.
 MODEL_HANDLERS: Mapping[str, Callable[["ModelWorkspace"], "Handler"]] = {
     "knowledge_edit": _knowledge_edit,
+    "preference_weights": _preference_weights,
     "adapter_refresh": _adapter_refresh,
 }
 

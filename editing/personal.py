@@ -155,7 +155,9 @@ class KnowledgeEditor:
         """
         deltas, _ = self._tensors(records)
         other, extra = (list(layers[0]), dict(layers[1])) if layers is not None else self._other_layers(user_id)
-        kind = "knowledge_edits" if not other else "edits+style"
+        parts = ["edits"] + [name for name, key in (("style", "style_version"), ("preference", "preference"))
+                             if key in extra]
+        kind = "knowledge_edits" if len(parts) == 1 else "+".join(parts)
         return self.adapters.publish(user_id, deltas + other, base_model_id=self.local.model_id,
                                      extra={"kind": kind, "edits": [r.id for r in records], **extra})
 

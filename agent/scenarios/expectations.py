@@ -26,16 +26,17 @@ Matching rules (all string comparisons case-insensitive):
   contains ``target``. A failure lists the user's failed jobs.
 
 * ``adapter`` (model level): after the worker has finished, the user's published adapter holds ``kind``:
-  ``edits`` (a knowledge edit, in adapter version ``min_version`` or later) or ``style`` (a style layer of
-  version ``min_version`` or later).
+  ``edits`` (a knowledge edit, in adapter version ``min_version`` or later), ``style`` (a style layer of
+  version ``min_version`` or later) or ``preference`` (a preference layer: pole adapters merged by the user's
+  style weights, in adapter version ``min_version`` or later; needs the poles, ``pllm align train``).
 
 * ``weight``: the sign of the user's style weight on ``dimension`` (:meth:`memory.Memory.preference_weights`:
   their current statement, moved by their ratings of replies since); 0 (no preference) matches neither sign.
   ``drift: {dimension: ...}`` matches a ``PreferenceDrift`` on that dimension among the session's changes: an
   explicit reversal ("keep it short" … "more detail please") or a rating that turned the weight.
 
-``adapter: {kind: preference}`` fails with :data:`NOT_SUPPORTED` until the preference layer (DPO pole adapters
-merged by the weights) exists.
+A check of a kind pllm cannot run yet would fail with ``unsupported`` set (:func:`not_supported`); every kind
+runs today.
 """
 
 from __future__ import annotations
@@ -82,8 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CHECKS", "NOT_SUPPORTED", "Change", "CheckContext", "Outcome", "TurnRecord", "changes_of", "check",
            "probe_reply"]
 
-NOT_SUPPORTED = ("not supported yet: the preference layer of the user's adapter (DPO pole adapters merged by the "
-                 "user's style weights) arrives in a later issue")
+NOT_SUPPORTED = "not supported yet by this version of pllm"
 _USER_WORDS = frozenset({"user", "self", "i", "me", "my", "myself"})
 _SHOW = 8  # how many found items a failure message lists
 
@@ -375,11 +375,10 @@ def check_edit(ctx: CheckContext, exp: EditExpect) -> Outcome:
 
 def check_adapter(ctx: CheckContext, exp: AdapterExpect) -> Outcome:
     """The user's published adapter holds a layer of ``adapter_kind``: ``edits`` (at least one knowledge edit, in
-    adapter version ``min_version`` or later) or ``style`` (a style layer of version ``min_version`` or later)."""
+    adapter version ``min_version`` or later), ``style`` (a style layer of version ``min_version`` or later) or
+    ``preference`` (a merged preference layer, in adapter version ``min_version`` or later)."""
     from agent.model_level import adapter_store
 
-    if exp.adapter_kind == "preference":
-        return not_supported(ctx, exp)
     user = ctx.user_of(exp)
     view, problem = _user_view(ctx, user)
     if problem is not None:
@@ -391,6 +390,15 @@ def check_adapter(ctx: CheckContext, exp: AdapterExpect) -> Outcome:
         n, number = len(info.extra.get("edits", [])), info.version
         ok = n > 0 and number >= exp.min_version
         detail = f"adapter v{number} with {n} edit(s)"
+    elif exp.adapter_kind == "preference":
+        pref = info.extra.get("preference") if isinstance(info.extra.get("preference"), dict) else {}
+        mix, merged = pref.get("mix") or {}, pref.get("merged") or []
+        ok = bool(merged) and info.version >= exp.min_version
+        detail = (f"adapter v{info.version} with preference layer "
+                  + (", ".join(f"{k} × {mix[k]:.2f}" for k in merged) if merged else "none")
+                  + ("" if mix else " (style weights all 0)"))
+        if pref.get("missing_poles"):
+            detail += f"; poles not trained for this base model: {pref['missing_poles']} (run `pllm align train`)"
     else:
         number = info.extra.get("style_version")
         ok = isinstance(number, int) and number >= exp.min_version
@@ -400,7 +408,7 @@ def check_adapter(ctx: CheckContext, exp: AdapterExpect) -> Outcome:
 
 
 def not_supported(ctx: CheckContext, exp: Expectation) -> Outcome:
-    """Model-level expectations until their handlers exist (replace the entry in :data:`CHECKS`)."""
+    """For an expectation kind whose check does not exist yet (put it in :data:`CHECKS` in its place)."""
     return Outcome(False, NOT_SUPPORTED, unsupported=True)
 
 

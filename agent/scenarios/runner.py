@@ -198,14 +198,14 @@ class ScenarioRunner:
     # ------------------------------------------------------------------------------------ internals
 
     def _build(self, scenario: Scenario, home: Path) -> "Stack":
-        """The scenario's stack under ``home``; model updates on only when it has ``edit``/``closed_book`` checks."""
+        """The scenario's stack under ``home``; model updates on only when it has ``edit``/``closed_book``/``adapter``
+        checks."""
         from agent.stack import build_stack
         from memory import ManualClock
 
         tokens = min(self.options.max_new_tokens, scenario.max_new_tokens or self.options.max_new_tokens)
         # Knowledge edits cost seconds each: they run exactly for the scenarios that check the model level.
-        model_level = any(e.kind in MODEL_LEVEL_KINDS and getattr(e, "adapter_kind", "") != "preference"
-                          for session in scenario.sessions for e in session.expect)
+        model_level = any(e.kind in MODEL_LEVEL_KINDS for session in scenario.sessions for e in session.expect)
         settings = self.settings.model_copy(update={"home": home, "max_new_tokens": tokens,
                                                     "model_updates": model_level})
         clock = ManualClock(scenario.sessions[0].at)

@@ -271,6 +271,18 @@ def test_the_agent_claims_only_the_personalization_that_is_active(make_stack) ->
     assert "model level (knowledge_edit; no handler for preference_weights, adapter_refresh" in agent.describe()
 
 
+def test_a_rating_that_turns_a_style_weight_is_planned_as_a_preference_job(make_stack) -> None:
+    stack = make_stack()  # model_updates=False: the job is recorded as skipped, which shows it was planned
+    short = stack.memory.remember("ana", "Sure.", role="assistant").episode.id
+    stack.memory.remember("ana", "Here is a long and careful answer that explains every step of the recipe, the "
+                          "ingredients, the timing and what to do when the dough does not rise.", role="assistant")
+    rated = stack.agent.rate("ana", 1, reply_id=short)  # a liked short reply: the weight turns to concise
+    drifts = [e for e in rated.events if type(e).__name__ == "PreferenceDrift" and e.dimension == "verbosity"]
+    assert drifts and drifts[0].after < 0 and stack.memory.preference_weights("ana")["verbosity"].pole == "concise"
+    assert stack.agent.worker.wait_idle(30)
+    assert ("preference_weights", "skipped") in [(o.job.kind, o.status) for o in stack.agent.worker.outcomes]
+
+
 def test_a_user_rates_the_last_reply_and_the_rating_is_stored_with_its_history(make_stack) -> None:
     stack = make_stack()
     agent = stack.agent

@@ -295,3 +295,32 @@ def test_jobs_and_edit_lists_read_the_home_without_the_model(tmp_path: Path) -> 
     assert [(e["target"], e["state"], e["metrics"]["chat_efficacy"]) for e in doc["edits"]] == [("Oslo", "active", 1.0)]
     table = CliRunner().invoke(app, ["edit", "list", "--user", "ann"], env=env)
     assert table.exit_code == 0 and "Oslo" in table.output and "active" in table.output
+
+
+@pytest.mark.slow  # trains the two verbosity poles of SmolLM2 on 2 prompts, 1 DPO step each (~1 min)
+def test_align_train_trains_the_poles_once_and_status_lists_them(tmp_path: Path, model_cache_dir: Path,
+                                                                 local_model) -> None:
+    cache = tmp_path / "cache"  # poles of its own: the converted model linked in, nothing else
+    cache.mkdir()
+    for entry in model_cache_dir.iterdir():
+        if entry.is_dir() and entry.name != "poles" and entry.name != "stats":
+            (cache / entry.name).symlink_to(entry)
+    env = {"PLLM_HOME": str(tmp_path / "home"), "PLLM_MODEL_CACHE": str(cache)}
+    runner = CliRunner()
+    before = runner.invoke(app, ["align", "status", "--json"], env=env)
+    assert before.exit_code == 0, before.output
+    assert not any(p["trained"] for p in json.loads(before.output)["poles"].values())
+
+    bad = runner.invoke(app, ["align", "train", "-d", "tone"], env=env)
+    assert bad.exit_code != 0 and "unknown dimension" in bad.output and "verbosity" in bad.output
+
+    trained = runner.invoke(app, ["align", "train", "-d", "verbosity", "--steps", "1", "--prompts", "4",
+                                  "--max-new-tokens", "48"], env=env)
+    assert trained.exit_code == 0, trained.output
+    assert "DPO verbosity.concise" in trained.output and "done" in trained.output
+    status = json.loads(runner.invoke(app, ["align", "status", "--json"], env=env).output)
+    assert {k for k, p in status["poles"].items() if p["trained"]} == {"verbosity.concise", "verbosity.detailed"}
+    assert status["poles"]["verbosity.concise"]["pllm_version"] == metadata.version("pllm")
+    again = runner.invoke(app, ["align", "train", "-d", "verbosity"], env=env)  # kept: nothing to do
+    assert again.exit_code == 0
+    assert "already trained: verbosity.concise, verbosity.detailed" in " ".join(again.output.split())
