@@ -24,9 +24,11 @@ __all__ = [
     "LocomoQA",
     "LocomoConversation",
     "PrefItem",
+    "McqItem",
     "require",
     "load_locomo",
     "load_prefeval",
+    "load_prefeval_mcq",
     "load_filler",
     "PrecomputedEmbedder",
     "parse_overrides",
@@ -142,6 +144,28 @@ def load_prefeval(root: Path) -> list[PrefItem]:
     for file in sorted(folder.glob("*.json")):
         for raw in json.loads(file.read_text()):
             items.append(PrefItem(file.stem, raw["preference"].strip(), raw["question"].strip()))
+    return items
+
+
+@dataclass(frozen=True)
+class McqItem(PrefItem):
+    """A PrefEval item with four candidate replies (``mcq_options/``); ``options[0]`` respects the preference."""
+
+    explanation: str  # why the right reply is right (the data's own words)
+    options: tuple[str, ...]  # as in the file: the first is the correct one (shuffle before scoring)
+
+
+def load_prefeval_mcq(root: Path) -> list[McqItem]:
+    """All multiple-choice items (``mcq_options/*.json``), topics in file-name order, options as stored."""
+    folder = require(root / "mcq_options", "PrefEval mcq_options/")
+    items: list[McqItem] = []
+    for file in sorted(folder.glob("*.json")):
+        for raw in json.loads(file.read_text()):
+            options = tuple(str(o).strip() for o in raw["classification_task_options"])
+            if len(options) < 2:
+                sys.exit(f"{file}: an item has {len(options)} option(s); a multiple-choice item needs at least 2")
+            items.append(McqItem(file.stem, raw["preference"].strip(), raw["question"].strip(),
+                                 str(raw.get("explanation", "")).strip(), options))
     return items
 
 
