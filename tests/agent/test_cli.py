@@ -315,7 +315,7 @@ def test_align_train_trains_the_poles_once_and_status_lists_them(tmp_path: Path,
     assert bad.exit_code != 0 and "unknown dimension" in bad.output and "verbosity" in bad.output
 
     trained = runner.invoke(app, ["align", "train", "-d", "verbosity", "--steps", "1", "--prompts", "4",
-                                  "--max-new-tokens", "48"], env=env)
+                                  "--max-new-tokens", "96"], env=env)
     assert trained.exit_code == 0, trained.output
     assert "DPO verbosity.concise" in trained.output and "done" in trained.output
     status = json.loads(runner.invoke(app, ["align", "status", "--json"], env=env).output)
