@@ -25,8 +25,9 @@ __all__ = ["align_app"]
 
 align_app = PllmTyper(help="Pole adapters (DPO, one per style pole) that users' preference layers are merged from.")
 
-DimensionOpt = Annotated[Optional[list[str]], typer.Option("--dimension", "-d", help="verbosity, formality or "
-                                                           "expertise (repeatable; default: all)")]
+DimensionOpt = Annotated[Optional[list[str]], typer.Option("--dimension", "-d", metavar="DIM",
+                                                           help="verbosity, formality or expertise (repeatable; "
+                                                                "default: all)")]
 
 
 @align_app.command("train")
