@@ -23,15 +23,27 @@ from editing.errors import InvalidRequest
 from editing.requests import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from transformers import PreTrainedModel
 
-__all__ = ["Combination", "merge_poles", "pole_from_key"]
+__all__ = ["Combination", "lora_state_deltas", "merge_poles", "pole_from_key"]
 
 log = logging.getLogger(__name__)
 
 Combination = Literal["cat", "svd"]
 _MERGED = "pllm_preference"
 _PREFIX = "base_model.model."
+
+
+def lora_state_deltas(state: Mapping[str, "torch.Tensor"], scaling: float) -> list[LowRankDelta]:
+    """A PEFT LoRA state dict (keys as PEFT saves them) as deltas on CPU, ``scaling`` (alpha / r) folded into B."""
+    deltas = []
+    for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
+        module = key[len(_PREFIX):-len(".lora_A.weight")]
+        A = state[key].detach().to("cpu").float().clone()  # (r, in)
+        B = state[key.replace(".lora_A.", ".lora_B.")].detach().to("cpu").float() * scaling  # (out, r)
+        deltas.append(LowRankDelta(module, A, B))
+    return deltas
 
 
 def pole_from_key(key: str) -> Pole:
@@ -82,11 +94,6 @@ def merge_poles(model: "PreTrainedModel", store: PoleStore, base_model_id: str, 
         for name, p in model.named_parameters():  # PEFT froze them for inference: as they were
             p.requires_grad_(flags.get(name, p.requires_grad))
         model.train(training)
-    deltas = []
-    for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
-        module = key[len(_PREFIX):-len(".lora_A.weight")]
-        A = state[key].detach().to("cpu").float().clone()  # (r, in)
-        B = state[key.replace(".lora_A.", ".lora_B.")].detach().to("cpu").float() * scaling  # (out, r)
-        deltas.append(LowRankDelta(module, A, B))
+    deltas = lora_state_deltas(state, scaling)
     log.info("merged poles %s (%s) into %d module deltas", {p.key: w for p, w in items}, combination, len(deltas))
     return deltas

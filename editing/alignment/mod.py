@@ -27,23 +27,19 @@ from editing.requests import LowRankDelta
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from editing.alignment.train import PoleAdapter
+
 __all__ = ["Mix", "fused_decode", "pole_deltas"]
 
 # One request's policies: [(λ_p, the pole's deltas), ...]; the base policy is implicit.
 Mix = Sequence[tuple[float, Sequence[LowRankDelta]]]
 
 
-def pole_deltas(adapter: "object") -> list[LowRankDelta]:
-    """A trained pole (:class:`~editing.alignment.train.PoleAdapter`) as deltas with its ``alpha / r`` folded in."""
-    config = getattr(adapter, "peft_config")
-    state = getattr(adapter, "state")
-    scaling = float(config["lora_alpha"]) / float(config["r"])
-    prefix, out = "base_model.model.", []
-    for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
-        module = key[len(prefix):-len(".lora_A.weight")]
-        out.append(LowRankDelta(module, state[key].float().clone(),
-                                state[key.replace(".lora_A.", ".lora_B.")].float() * scaling))
-    return out
+def pole_deltas(adapter: "PoleAdapter") -> list[LowRankDelta]:
+    """A trained pole as deltas with its ``alpha / r`` folded in."""
+    from editing.alignment.merge import lora_state_deltas
+
+    return lora_state_deltas(adapter.state, float(adapter.peft_config["lora_alpha"]) / float(adapter.peft_config["r"]))
 
 
 @torch.inference_mode()

@@ -61,10 +61,6 @@ class Pole:
         return f"{self.dimension}.{self.name}"
 
     @property
-    def opposite(self) -> "Pole":
-        return pole_of(self.dimension, -self.sign)
-
-    @property
     def instruction(self) -> str:
         return INSTRUCTIONS[self.name]
 
