@@ -20,7 +20,7 @@ padding and batched matmuls sum in another order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -130,11 +130,14 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def run(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
-            deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, **model_kwargs: Any) -> list[str]:
+            deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
+            on_piece: Callable[[int, str], None] | None = None, **model_kwargs: Any) -> list[str]:
         """The reply to each prompt (each ``(1, T_i)``), row ``b`` run with ``deltas_per_row[b]``.
 
         Each row stops on its own (end-of-reply token unless ``settings.ignore_eos``, stop string, or
-        ``settings.max_new_tokens``). Per-row model kwargs are lists with one entry per row.
+        ``settings.max_new_tokens``). Per-row model kwargs are lists with one entry per row. ``on_piece(row,
+        text)`` is called with each row's text as soon as it is safe to show (streaming several requests at once);
+        the pieces of a row concatenate to its reply.
         """
         rows = _check_batch(prompts, deltas_per_row)
         lengths = [ids.shape[1] for ids in prompts]
@@ -164,7 +167,10 @@ class BatchDecoder:
                 if next_id in stop_ids:
                     continue
                 seen[row][0, lengths[row] + n] = next_id
-                pieces[row].append(texts[row].push(next_id))
+                piece = texts[row].push(next_id)
+                pieces[row].append(piece)
+                if on_piece is not None and piece:
+                    on_piece(row, piece)
                 if not texts[row].stopped:
                     keep.append(pos)
                     tokens.append(next_id)
@@ -175,11 +181,17 @@ class BatchDecoder:
                 active = [active[pos] for pos in keep]
             token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
             logits = step(token, width + n)
-        return ["".join(p) + text.finish() for p, text in zip(pieces, texts)]
+        replies = []
+        for row, (done, text) in enumerate(zip(pieces, texts)):
+            tail = text.finish()
+            if on_piece is not None and tail:
+                on_piece(row, tail)
+            replies.append("".join(done) + tail)
+        return replies
 
 
 def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
-                 settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None,
-                 **model_kwargs: Any) -> list[str]:
+                 settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
+                 on_piece: Callable[[int, str], None] | None = None, **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
-    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, **model_kwargs)
+    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, on_piece=on_piece, **model_kwargs)

@@ -1,16 +1,20 @@
-"""Concurrent ``generate`` calls gathered for a short window and served as one batch.
+"""Concurrent ``generate`` and ``stream`` calls gathered for a short window and served as one batch.
 
-Leader/follower, no background thread: the first request to arrive when no batch is forming becomes
-the leader. It waits ``window_s`` (or until ``max_batch`` requests are queued), takes everything queued,
-runs it through ``run_batch`` (one decode loop per group of equal settings) and hands each waiting
-thread its own reply. Requests arriving while a batch runs start the next one.
+Leader/follower: the first request to arrive when no batch is forming becomes the leader. It waits
+``window_s`` (or until ``max_batch`` requests are queued), takes everything queued, runs it through
+``run_batch`` (one decode loop per group of equal settings) and hands each waiting thread its own reply.
+Requests arriving while a batch runs start the next one. A whole-reply request (:meth:`RequestBatcher.submit`)
+leads in its own thread; a streaming one (:meth:`RequestBatcher.stream`) hands the lead to a short-lived
+thread, so its caller can read its pieces from a queue while the batch runs (every row's text is pushed to
+its request as soon as the decoder has it).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +25,10 @@ from editing.requests import LowRankDelta
 
 __all__ = ["BatchRequest", "RequestBatcher"]
 
-RunBatch = Callable[[Sequence[torch.Tensor], GenerationSettings, Sequence[Sequence[LowRankDelta]]], list[str]]
+# run_batch(prompts, settings, deltas_per_row, on_piece=None) -> replies; on_piece(row, text) streams rows' text.
+RunBatch = Callable[..., list[str]]
+
+_END = object()  # end of a streaming request's pieces
 
 
 @dataclass
@@ -34,6 +41,7 @@ class BatchRequest:
     done: threading.Event = field(default_factory=threading.Event)
     reply: str | None = None
     error: BaseException | None = None
+    pieces: "queue.SimpleQueue[object] | None" = None  # streaming requests: their text as it is decoded, then _END
 
 
 class RequestBatcher:
@@ -50,21 +58,43 @@ class RequestBatcher:
         self._forming = False  # a leader is waiting out its window
         self.batch_sizes: list[int] = []  # size of every batch run, for logs and tests
 
-    def submit(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta], settings: GenerationSettings) -> str:
-        """Queue one request and block until its reply is ready."""
-        request = BatchRequest(input_ids, tuple(deltas), settings)
+    def _enqueue(self, request: BatchRequest) -> bool:
+        """Queue ``request``; True when its caller must lead the next batch."""
         with self._cond:
             self._queue.append(request)
             lead = not self._forming
             self._forming = True
             self._cond.notify_all()  # a leader waiting for a full batch re-checks
-        if lead:
+        return lead
+
+    def submit(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta], settings: GenerationSettings) -> str:
+        """Queue one request and block until its reply is ready."""
+        request = BatchRequest(input_ids, tuple(deltas), settings)
+        if self._enqueue(request):
             self._lead()
         request.done.wait()
         if request.error is not None:
             raise request.error
         assert request.reply is not None
         return request.reply
+
+    def stream(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta],
+               settings: GenerationSettings) -> Iterator[str]:
+        """Queue one request now and return an iterator over its reply's pieces as the batch decodes them.
+
+        The batch's error, if any, is raised by the iterator after the pieces that came before it."""
+        request = BatchRequest(input_ids, tuple(deltas), settings, pieces=queue.SimpleQueue())
+        if self._enqueue(request):
+            threading.Thread(target=self._lead, name="pllm-batch-leader", daemon=True).start()
+        return self._pieces(request)
+
+    @staticmethod
+    def _pieces(request: BatchRequest) -> Iterator[str]:
+        assert request.pieces is not None
+        while (item := request.pieces.get()) is not _END:
+            yield item  # type: ignore[misc]
+        if request.error is not None:
+            raise request.error
 
     def _lead(self) -> None:
         deadline = time.monotonic() + self.window_s
@@ -82,8 +112,15 @@ class RequestBatcher:
             self._serve(settings, group)
 
     def _serve(self, settings: GenerationSettings, group: list[BatchRequest]) -> None:
+        def on_piece(row: int, text: str) -> None:
+            sink = group[row].pieces
+            if sink is not None:
+                sink.put(text)
+
+        streaming = any(r.pieces is not None for r in group)
         try:
-            replies = self.run_batch([r.input_ids for r in group], settings, [r.deltas for r in group])
+            args = ([r.input_ids for r in group], settings, [r.deltas for r in group])
+            replies = self.run_batch(*args, on_piece=on_piece) if streaming else self.run_batch(*args)
             self.batch_sizes.append(len(group))
             for request, reply in zip(group, replies):
                 request.reply = reply
@@ -93,3 +130,5 @@ class RequestBatcher:
         finally:
             for request in group:
                 request.done.set()
+                if request.pieces is not None:
+                    request.pieces.put(_END)

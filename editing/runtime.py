@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,8 +120,8 @@ class LocalModel:
         self.batcher: RequestBatcher | None = None
 
     def enable_batching(self, window_ms: float = 20.0, max_batch: int = 8) -> None:
-        """Serve concurrent :meth:`generate` calls that arrive within ``window_ms`` as one batch
-        (``window_ms=0``: off, one request at a time). Streaming calls are never batched."""
+        """Serve concurrent :meth:`generate` and :meth:`stream` calls that arrive within ``window_ms`` as one batch
+        (``window_ms=0``: off, one request at a time). Calls with extra model kwargs are never batched."""
         self.batcher = None if window_ms <= 0 else RequestBatcher(self._run_batch, window_s=window_ms / 1000,
                                                                   max_batch=max_batch)
 
@@ -193,6 +193,8 @@ class LocalModel:
         """
         deltas = self._deltas_of(view)
         input_ids = self.encode_chat(messages)
+        if self.batcher is not None and not model_kwargs:
+            return self.batcher.stream(input_ids, deltas, settings or GenerationSettings())
         return self._decode(input_ids, settings or GenerationSettings(), deltas, model_kwargs)
 
     def generate(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None, *,
@@ -204,9 +206,10 @@ class LocalModel:
         return "".join(self.stream(messages, settings, view=view, **model_kwargs))
 
     def _run_batch(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
-                   deltas_per_row: Sequence[Sequence[Any]]) -> list[str]:
+                   deltas_per_row: Sequence[Sequence[Any]], *,
+                   on_piece: Callable[[int, str], None] | None = None) -> list[str]:
         with self.lock:  # the batch is one request as far as the model is concerned
-            return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row)
+            return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row, on_piece=on_piece)
 
     def generate_batch(self, requests: Sequence[tuple[Sequence[ChatTurn], "UserView | None"]],
                        settings: GenerationSettings | None = None) -> list[str]:

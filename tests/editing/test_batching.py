@@ -41,28 +41,45 @@ def test_generate_batch_gives_each_user_their_own_reply(local_model: LocalModel,
     assert replies[2] != replies[3]  # same question: user-2's adapter vs the base model
 
 
-def test_concurrent_generate_calls_are_batched_and_each_thread_gets_its_own_reply(
-        local_model: LocalModel, views: list) -> None:
-    expected = [local_model.generate(_messages(q), SETTINGS, view=v) for q, v in zip(QUESTIONS, views)]
+def _at_once(local_model: LocalModel, n: int, call) -> tuple[dict, list[int]]:
+    """``call(i)`` on n threads released together, with batching on; their results and the batch sizes run."""
     local_model.enable_batching(window_ms=300, max_batch=8)
     try:
-        got: dict[int, str] = {}
-        start = threading.Barrier(len(views))
+        got: dict[int, object] = {}
+        start = threading.Barrier(n)
 
         def user(i: int) -> None:
             start.wait()
-            got[i] = local_model.generate(_messages(QUESTIONS[i]), SETTINGS, view=views[i])
+            got[i] = call(i)
 
-        threads = [threading.Thread(target=user, args=(i,)) for i in range(len(views))]
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=300)
-        sizes = local_model.batcher.batch_sizes
+        return got, local_model.batcher.batch_sizes
     finally:
         local_model.enable_batching(0)
+
+
+def test_concurrent_generate_calls_are_batched_and_each_thread_gets_its_own_reply(
+        local_model: LocalModel, views: list) -> None:
+    expected = [local_model.generate(_messages(q), SETTINGS, view=v) for q, v in zip(QUESTIONS, views)]
+    got, sizes = _at_once(local_model, len(views),
+                          lambda i: local_model.generate(_messages(QUESTIONS[i]), SETTINGS, view=views[i]))
     assert [got[i] for i in range(len(views))] == expected
     assert sum(sizes) == len(views) and max(sizes) > 1  # served together, not one by one
+
+
+def test_concurrent_streams_are_batched_and_each_thread_streams_its_own_reply(
+        local_model: LocalModel, views: list) -> None:
+    # A server streams every reply (SSE): concurrent streams of different users must share decode loops too.
+    expected = [local_model.generate(_messages(q), SETTINGS, view=v) for q, v in zip(QUESTIONS, views)]
+    got, sizes = _at_once(local_model, len(views),
+                          lambda i: list(local_model.stream(_messages(QUESTIONS[i]), SETTINGS, view=views[i])))
+    assert ["".join(got[i]) for i in range(len(views))] == expected
+    assert all(len(got[i]) > 1 for i in range(len(views)))  # streamed in pieces, not handed over whole at the end
+    assert sum(sizes) == len(views) and max(sizes) > 1
 
 
 def test_bad_batch_requests_raise_a_clear_error(local_model: LocalModel) -> None:
