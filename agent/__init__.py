@@ -13,7 +13,15 @@ from memory.lazy import lazy_exports
 if TYPE_CHECKING:  # pragma: no cover
     from agent.capabilities import Capabilities
     from agent.chat_model import PllmChatModel, to_chat_turns
-    from agent.errors import PLLM_ERRORS, AgentError, InvalidDocument, InvalidTurn, NoUserData, UserDataError
+    from agent.errors import (
+        PLLM_ERRORS,
+        AgentError,
+        CheckpointerUnavailable,
+        InvalidDocument,
+        InvalidTurn,
+        NoUserData,
+        UserDataError,
+    )
     from agent.graph import PersonalAgent, TurnResult, build_graph, make_checkpointer
     from agent.lifecycle import MemoryPart, StorePart, ThreadsPart, UserData, UserDataPart, open_user_data
     from agent.nodes import (
@@ -33,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _EXPORTS = {
     "Capabilities": "agent.capabilities",
     "AgentError": "agent.errors",
+    "CheckpointerUnavailable": "agent.errors",
     "InvalidDocument": "agent.errors",
     "InvalidTurn": "agent.errors",
     "NoUserData": "agent.errors",

@@ -6,8 +6,10 @@
     ├── InvalidTurn        a refused message, user id or session id; nothing was written anywhere
     ├── InvalidDocument    a user-data export document that cannot be imported; nothing was written
     ├── NoUserData         an export of a user of whom nothing is stored
-    └── UserDataError      one or more parts of the user-data registry failed (export/import/forget);
-                           says which parts, with what, and what the other parts did
+    ├── UserDataError      one or more parts of the user-data registry failed (export/import/forget);
+    │                      says which parts, with what, and what the other parts did
+    └── CheckpointerUnavailable  the configured conversation-thread store (PLLM_POSTGRES_URL) cannot be
+                           reached or set up; says why and what to do
 
 ``PLLM_ERRORS`` = ``(AgentError, memory.PllmMemoryError, editing.EditingError)``: what a chat loop or a
 server catches to report an error to the user and carry on.
@@ -20,7 +22,8 @@ from typing import Any
 
 from memory.errors import PllmMemoryError
 
-__all__ = ["AgentError", "InvalidTurn", "InvalidDocument", "NoUserData", "UserDataError", "PLLM_ERRORS"]
+__all__ = ["AgentError", "InvalidTurn", "InvalidDocument", "NoUserData", "UserDataError", "CheckpointerUnavailable",
+           "PLLM_ERRORS"]
 
 
 class AgentError(Exception):
@@ -53,6 +56,11 @@ class UserDataError(AgentError, RuntimeError):
         super().__init__(message)
         self.failures = dict(failures)
         self.done = dict(done)
+
+
+class CheckpointerUnavailable(AgentError, RuntimeError):
+    """The configured checkpointer (Postgres, ``PLLM_POSTGRES_URL``) cannot be used: not installed, not
+    reachable, a malformed URL, or its tables cannot be created. The driver's error is chained as ``__cause__``."""
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 
 from agent.capabilities import Capabilities, capabilities_of
-from agent.errors import InvalidTurn
+from agent.errors import CheckpointerUnavailable, InvalidTurn
 from agent.lifecycle import UserData, user_data_for
 from agent.nodes import (
     Context,
@@ -38,6 +38,7 @@ from memory.validation import check_user_id, clean_text
 if TYPE_CHECKING:  # pragma: no cover
     from datetime import datetime
 
+    from editing import GenerationSettings
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.store.base import BaseStore
 
@@ -64,16 +65,17 @@ def checkpoint_serde() -> Any:
 
 
 def make_checkpointer(home: Path, postgres_url: str | None = None) -> "BaseCheckpointSaver":
-    """SQLite under ``home`` by default; Postgres when a URL is configured."""
+    """SQLite under ``home`` by default; Postgres when a URL is configured (``PLLM_POSTGRES_URL``).
+
+    Both use :func:`checkpoint_serde`. The Postgres saver runs over a small ``psycopg_pool`` pool (connections
+    in autocommit with ``dict_row`` rows, as ``PostgresSaver.from_conn_string`` makes them) that replaces a
+    connection the server dropped; the saver's own lock serializes its use, so one agent may serve several
+    threads (a web server's threadpool). Its tables are created or migrated here. An unreachable or wrong
+    URL raises :class:`~agent.errors.CheckpointerUnavailable` saying what to do. Close it with
+    :func:`close_checkpointer`.
+    """
     if postgres_url:
-        try:
-            from langgraph.checkpoint.postgres import PostgresSaver
-        except ImportError as exc:
-            raise RuntimeError("a Postgres checkpointer was configured (PLLM_POSTGRES_URL) but "
-                               "langgraph-checkpoint-postgres is not installed: pip install langgraph-checkpoint-postgres") from exc
-        saver = PostgresSaver.from_conn_string(postgres_url).__enter__()  # noqa: PLC2801 - long-lived
-        saver.setup()
-        return saver
+        return _postgres_checkpointer(postgres_url)
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     home.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,85 @@ def make_checkpointer(home: Path, postgres_url: str | None = None) -> "BaseCheck
     return SqliteSaver(conn, serde=checkpoint_serde())
 
 
+_PG_CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout
+_PG_WHAT_TO_DO = ("Check that the Postgres server is running and reachable from here and that the URL's user, "
+                  "password, host, port and database are right (the database must exist), or unset "
+                  "PLLM_POSTGRES_URL to keep conversation threads in SQLite under the pllm home")
+
+
+def _redacted(url: str) -> str:
+    """The URL as connection parameters, with any password masked (for messages and logs)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - a malformed URL: say so without echoing it (it may hold a password)
+        return "<a URL that is not a valid Postgres connection string>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**params)
+
+
+def _sentence(exc: BaseException) -> str:
+    """The driver's message on one line, ending as a sentence."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if text[-1] in ".?!" else text + "."
+
+
+def _postgres_checkpointer(url: str) -> "BaseCheckpointSaver":
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from psycopg.conninfo import conninfo_to_dict
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool, PoolTimeout
+    except ImportError as exc:
+        raise CheckpointerUnavailable(
+            "a Postgres checkpointer was configured (PLLM_POSTGRES_URL) but its packages are missing "
+            f"({exc.name}): pip install langgraph-checkpoint-postgres 'psycopg[binary]' psycopg-pool, "
+            "or unset PLLM_POSTGRES_URL to use SQLite") from exc
+
+    where = _redacted(url)
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise CheckpointerUnavailable(f"PLLM_POSTGRES_URL is not a valid Postgres connection string ({exc}); "
+                                      "write it as postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE, or unset "
+                                      "PLLM_POSTGRES_URL to use SQLite") from exc
+    kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    if "connect_timeout" not in given:
+        kwargs["connect_timeout"] = _PG_CONNECT_TIMEOUT
+    # One direct connection first: it fails with the server's own reason (refused, unknown database, bad
+    # password), where the pool would only time out.
+    try:
+        with psycopg.connect(url, **kwargs):
+            pass
+    except psycopg.Error as exc:
+        raise CheckpointerUnavailable(f"cannot connect to the Postgres checkpointer of PLLM_POSTGRES_URL "
+                                      f"({where}): {_sentence(exc)} {_PG_WHAT_TO_DO}.") from exc
+    # The saver holds its lock for every statement, so it never uses more than one connection at a time.
+    pool: ConnectionPool[Any] = ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=1, open=False,
+                                               check=ConnectionPool.check_connection, name="pllm-checkpoints",
+                                               num_workers=1)
+    try:
+        pool.open(wait=True, timeout=float(kwargs.get("connect_timeout") or given.get("connect_timeout") or 30))
+        saver = PostgresSaver(pool, serde=checkpoint_serde())
+        saver.setup()  # creates the tables, or migrates them to this version of the package
+    except (psycopg.Error, PoolTimeout) as exc:
+        pool.close()
+        raise CheckpointerUnavailable(f"the Postgres checkpointer of PLLM_POSTGRES_URL ({where}) could not be "
+                                      f"set up: {_sentence(exc)} The URL's user must be able to create tables in "
+                                      f"its database. {_PG_WHAT_TO_DO}.") from exc
+    except BaseException:
+        pool.close()
+        raise
+    log.info("conversation threads in Postgres (%s)", where)
+    return saver
+
+
 def close_checkpointer(saver: "BaseCheckpointSaver") -> None:
-    """Close the checkpointer's database connection, if it has one (SQLite, Postgres)."""
+    """Close the checkpointer's database connection or connection pool, if it has one (SQLite, Postgres).
+    A second call does nothing."""
     conn = getattr(saver, "conn", None)
     if conn is not None and hasattr(conn, "close"):
         conn.close()
@@ -185,7 +264,8 @@ class PersonalAgent:
         """The checkpointer thread of ``(user_id, session_id)`` (opaque; see :mod:`agent.threads`)."""
         return thread_id_for(user_id, session_id)
 
-    def _run_args(self, user_id: str, text: str, session_id: str) -> tuple[dict[str, Any], dict[str, Any], Context]:
+    def _run_args(self, user_id: str, text: str, session_id: str,
+                  generation: "GenerationSettings | None" = None) -> tuple[dict[str, Any], dict[str, Any], Context]:
         """Validate the turn, then open its thread; nothing is written before validation passed."""
         try:
             user_id = check_user_id(user_id)
@@ -194,13 +274,16 @@ class PersonalAgent:
         except InvalidInput as exc:
             raise InvalidTurn(f"turn refused, nothing was stored: {exc}") from exc
         config = {"configurable": {"thread_id": self.thread_registry.open_thread(user_id, session_id)}}
-        return {"messages": [HumanMessage(text)]}, config, Context(user_id=user_id, session_id=session_id)
+        return {"messages": [HumanMessage(text)]}, config, Context(user_id=user_id, session_id=session_id,
+                                                                   generation=generation)
 
-    def stream(self, user_id: str, text: str, *, session_id: str = "default") -> Iterator[str]:
+    def stream(self, user_id: str, text: str, *, session_id: str = "default",
+               generation: "GenerationSettings | None" = None) -> Iterator[str]:
         """Yield the reply as it is generated; memory is updated when the iterator is exhausted.
 
-        The turn is validated when ``stream`` is called (not at the first ``next``)."""
-        state, config, ctx = self._run_args(user_id, text, session_id)
+        The turn is validated when ``stream`` is called (not at the first ``next``). ``generation``: settings for
+        this turn's reply only (pllm's local model; another chat model ignores them)."""
+        state, config, ctx = self._run_args(user_id, text, session_id, generation)
         return self._stream(state, config, ctx)
 
     def _stream(self, state: dict[str, Any], config: dict[str, Any], ctx: Context) -> Iterator[str]:
@@ -209,9 +292,11 @@ class PersonalAgent:
             if isinstance(chunk, AIMessageChunk) and meta.get("langgraph_node") == "respond" and chunk.content:
                 yield str(chunk.content)
 
-    def chat(self, user_id: str, text: str, *, session_id: str = "default") -> TurnResult:
-        """Run one turn to completion and return the reply with what went into it."""
-        state, config, ctx = self._run_args(user_id, text, session_id)
+    def chat(self, user_id: str, text: str, *, session_id: str = "default",
+             generation: "GenerationSettings | None" = None) -> TurnResult:
+        """Run one turn to completion and return the reply with what went into it (``generation``: as in
+        :meth:`stream`)."""
+        state, config, ctx = self._run_args(user_id, text, session_id, generation)
         out = self.graph.invoke(state, config, context=ctx)
         return TurnResult(reply=str(out["messages"][-1].content), prompt=out.get("prompt", []),
                           recollection=out.get("recollection"), events=out.get("events", []), jobs=out.get("jobs", []),

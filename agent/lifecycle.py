@@ -414,8 +414,13 @@ def open_user_data(settings: "Settings", *, embedder: "Embedder | None" = None, 
     memory = Memory(settings.memory_config(), embedder=embedder, read_only=read_only)
     try:
         registry = ThreadRegistry.under(settings.home)
+    except BaseException:
+        memory.close()
+        raise
+    try:
         checkpointer = make_checkpointer(settings.home, settings.postgres_url)
     except BaseException:
+        registry.close()
         memory.close()
         raise
     from agent.jobs import JobStore

@@ -103,7 +103,7 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     is given. ``store``: a LangGraph store compiled into the graph, its ``("users", user_id)`` namespaces
     part of each user's data."""
     from agent.chat_model import PllmChatModel
-    from agent.graph import PersonalAgent, make_checkpointer
+    from agent.graph import PersonalAgent, close_checkpointer, make_checkpointer
     from agent.jobs import JobStore
     from agent.model_level import ModelPart, adapter_store
     from agent.policy import UpdateWorker
@@ -111,12 +111,22 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     from editing import LocalModel
     from memory.service import Memory
 
-    memory = Memory(memory_config or settings.memory_config(), clock=clock, embedder=embedder)
-    if chat_model is None:
-        local = local or LocalModel.load(settings.runtime_config())
-        chat_model = PllmChatModel(local=local, settings=generation or settings.generation(),
-                                   adapters=adapter_store(settings.home))
+    # First: an unreachable PLLM_POSTGRES_URL fails at once, before the memory is opened or the model loaded.
     checkpointer = make_checkpointer(settings.home, settings.postgres_url)
+    try:
+        memory = Memory(memory_config or settings.memory_config(), clock=clock, embedder=embedder)
+    except BaseException:
+        close_checkpointer(checkpointer)
+        raise
+    try:
+        if chat_model is None:
+            local = local or LocalModel.load(settings.runtime_config())
+            chat_model = PllmChatModel(local=local, settings=generation or settings.generation(),
+                                       adapters=adapter_store(settings.home))
+    except BaseException:
+        close_checkpointer(checkpointer)
+        memory.close()
+        raise
     jobs = JobStore.under(settings.home)
     worker = UpdateWorker(clock=memory.clock, store=jobs, outbox=memory.graph.log_after)
     agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=ThreadRegistry.under(settings.home),
