@@ -339,6 +339,11 @@ from agent.cli_align import align_app  # noqa: E402 - one-way, like the scenario
 
 app.add_typer(align_app, name="align")
 
+from agent.cli_serve import keys_app, serve  # noqa: E402 - one-way, like the scenario commands
+
+app.command("serve")(serve)
+app.add_typer(keys_app, name="keys")
+
 
 def main() -> None:
     """Entry point of the ``pllm`` script."""

@@ -38,6 +38,7 @@ class Context:
 
     user_id: str
     session_id: str = "default"
+    generation: Any = None  # an editing.GenerationSettings for this turn only (pllm's local model); None: the model's own
 
 
 class MemoryState(TypedDict, total=False):
@@ -99,7 +100,10 @@ def make_respond_node(chat_model: BaseChatModel, *, count_tokens: Callable[[str]
 
     def respond(state: MemoryState, runtime: Runtime[Any]) -> dict[str, Any]:
         messages = state["messages"]
-        per_user = {"user_id": user_of(runtime)} if pass_user else {}
+        per_user: dict[str, Any] = {"user_id": user_of(runtime)} if pass_user else {}
+        generation = getattr(runtime.context, "generation", None)
+        if pass_user and generation is not None:
+            per_user["settings"] = generation
         built: BuiltPrompt = build_prompt(
             user_id=user_of(runtime), message=_text(_last_human(messages)),
             recollection=state.get("recollection"), history=messages[:-1],
