@@ -3,7 +3,7 @@
 Leader/follower: the first request to arrive when no batch is forming becomes the leader. It waits
 ``window_s`` (or until ``max_batch`` requests are queued), takes everything queued, runs it through
 ``run_batch`` (one decode loop per group of equal settings) and hands each waiting thread its own reply.
-Requests arriving while a batch runs start the next one. A whole-reply request (:meth:`RequestBatcher.submit`)
+Requests arriving while a batch runs queue behind one new leader, which takes them all when that batch ends. A whole-reply request (:meth:`RequestBatcher.submit`)
 leads in its own thread; a streaming one (:meth:`RequestBatcher.stream`) hands the lead to a short-lived
 thread, so its caller can read its pieces from a queue while the batch runs (every row's text is pushed to
 its request as soon as the decoder has it).
@@ -55,7 +55,8 @@ class RequestBatcher:
         self.max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: list[BatchRequest] = []
-        self._forming = False  # a leader is waiting out its window
+        self._forming = False  # a leader is waiting out its window or for the batch before it
+        self._running = threading.Lock()  # one batch at a time
         self.batch_sizes: list[int] = []  # size of every batch run, for logs and tests
 
     def _enqueue(self, request: BatchRequest) -> bool:
@@ -101,15 +102,19 @@ class RequestBatcher:
         with self._cond:
             while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
-            taken, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            overflow = self._forming = bool(self._queue)
-        if overflow:  # more than one batch was queued: the rest gets its own leader
-            threading.Thread(target=self._lead, daemon=True).start()
-        groups: dict[GenerationSettings, list[BatchRequest]] = {}
-        for request in taken:
-            groups.setdefault(request.settings, []).append(request)
-        for settings, group in groups.items():
-            self._serve(settings, group)
+        # The batch is taken when the decoder is free, not when the window ends: requests that arrive while
+        # another batch runs wait with this leader and join its batch (they do not each lead a batch of one).
+        with self._running:
+            with self._cond:
+                taken, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                overflow = self._forming = bool(self._queue)
+            if overflow:  # more than one batch was queued: the rest gets its own leader
+                threading.Thread(target=self._lead, daemon=True).start()
+            groups: dict[GenerationSettings, list[BatchRequest]] = {}
+            for request in taken:
+                groups.setdefault(request.settings, []).append(request)
+            for settings, group in groups.items():
+                self._serve(settings, group)
 
     def _serve(self, settings: GenerationSettings, group: list[BatchRequest]) -> None:
         def on_piece(row: int, text: str) -> None:

@@ -1,0 +1,180 @@
+"""Load on ``pllm serve``: N concurrent clients doing real turns for different users over loopback HTTP.
+
+Each client is one user; it streams its turns through ``POST /v1/chat/completions`` (SSE, the official ``openai``
+client) one after another: statements of its own facts and questions about them. Measured per turn: the time to
+the first content token (TTFT) and to the end of the stream. The baseline, in the same run and on the same model:
+the same number of turns of other users run one after another in-process (``PersonalAgent.stream``, no HTTP, no
+batching). Afterwards every user's stored turns are checked: ``lost`` = turns a client sent that are not in its own
+user's memory; ``crossed`` = turns found in another user's memory. The run is bounded: ``--clients`` × ``--turns``
+turns, and ``--timeout-s`` stops it.
+
+    python bench/serve_load.py [--clients 4] [--turns 4] [--max-new-tokens 64] [--window-ms 25] [--json]
+
+``--json`` prints {"clients", "p50_ttft_ms", "p95_ttft_ms", "p50_turn_ms", "p95_turn_ms", "turns_per_s",
+"serial_turns_per_s", "ratio", "lost", "crossed", ...} as the last line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from bench._common import emit_json, parser, print_table  # noqa: E402
+
+CITIES = ["Lisbon", "Oslo", "Porto", "Denver", "Kyoto", "Lima", "Accra", "Quito", "Hanoi", "Perth", "Cork", "Bonn"]
+FOODS = ["ramen", "tacos", "paella", "sushi", "pierogi", "falafel", "risotto", "pho", "curry", "gnocchi", "kimchi",
+         "arepas"]
+JOBS = ["nurse", "plumber", "teacher", "pilot", "chef", "lawyer", "baker", "architect", "dentist", "farmer", "editor",
+        "welder"]
+PETS = ["Rex", "Miso", "Pip", "Luna", "Bolt", "Kiwi", "Nala", "Otto", "Zuzu", "Fig", "Taro", "Juno"]
+
+
+def user_turns(i: int, n: int) -> list[str]:
+    """The i-th user's turns: their own facts (different from every other user's), then questions about them."""
+    k = i % len(CITIES)
+    script = [f"I live in {CITIES[k]}.", f"My favorite food is {FOODS[k]}.", f"I work as a {JOBS[k]}.",
+              f"I have a dog named {PETS[k]}.", "Where do I live?", "What is my favorite food?", "What is my job?",
+              "What is my dog called?"]
+    return [script[t % len(script)] for t in range(n)]
+
+
+def _p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--turns", type=int, default=4, help="turns per client (and per serial user)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--window-ms", type=float, default=25.0, help="the server's batch window")
+    p.add_argument("--timeout-s", type=float, default=900.0, help="stop the concurrent phase after this long")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--model-updates", action="store_true", help="run knowledge edits on the worker meanwhile")
+    args = p.parse_args()
+    if args.clients < 1 or args.turns < 1:
+        p.error("--clients and --turns must be at least 1")
+
+    import uvicorn
+    from openai import OpenAI
+
+    from agent import Settings, build_stack
+    from agent.serve import create_app
+    from editing import GenerationSettings
+
+    home = Path(tempfile.mkdtemp(prefix="pllm-serve-load-"))
+    settings = Settings(home=home, threads=args.threads, model_updates=args.model_updates,
+                        max_new_tokens=args.max_new_tokens)
+    stack = build_stack(settings, generation=GenerationSettings(max_new_tokens=args.max_new_tokens,
+                                                                repetition_penalty=settings.repetition_penalty))
+    assert stack.local is not None
+    stack.agent.chat("warmup", "Hello!")  # first-call costs (kernels, the extractor, Chroma) out of both phases
+
+    # -------------------------------------------------------------------- serial baseline: in-process, one by one
+    stack.local.enable_batching(0)
+    serial_turns = [(f"serial{i}", text) for i in range(args.clients) for text in user_turns(i, args.turns)]
+    t0 = time.perf_counter()
+    for user, text in serial_turns:
+        "".join(stack.agent.stream(user, text))
+    serial_s = time.perf_counter() - t0
+    serial_rate = len(serial_turns) / serial_s
+
+    # -------------------------------------------------------------------- concurrent clients over loopback HTTP
+    stack.local.enable_batching(args.window_ms, max_batch=max(2, args.clients))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(stack), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    deadline = time.monotonic() + args.timeout_s
+    ttft: list[float] = []
+    turn_ms: list[float] = []
+    sent: dict[str, list[str]] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(args.clients)
+
+    def client(i: int) -> None:
+        user = f"client{i}"
+        api = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused-on-loopback", max_retries=0,
+                     timeout=max(60.0, args.timeout_s))
+        start.wait()
+        for text in user_turns(i, args.turns):
+            if time.monotonic() > deadline:
+                return
+            with lock:
+                sent.setdefault(user, []).append(text)
+            t = time.perf_counter()
+            first = None
+            try:
+                for chunk in api.chat.completions.create(model="pllm", user=user, stream=True,
+                                                         messages=[{"role": "user", "content": text}]):
+                    if first is None and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.perf_counter()
+            except Exception as exc:  # noqa: BLE001 - counted, the run goes on
+                with lock:
+                    failures.append(f"{user}: {type(exc).__name__}: {exc}")
+                continue
+            end = time.perf_counter()
+            with lock:
+                turn_ms.append((end - t) * 1000)
+                if first is not None:
+                    ttft.append((first - t) * 1000)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=max(1.0, deadline - time.monotonic() + 60))
+    wall = time.perf_counter() - t0
+    server.should_exit = True
+    batch_sizes = list(stack.local.batcher.batch_sizes) if stack.local.batcher else []
+
+    # -------------------------------------------------------------------- every turn in its own user's memory only
+    said = {user: [e.text for e in stack.memory.episodes(user) if e.role == "user"]
+            for user in stack.memory.users() if user.startswith("client")}
+    lost = sum(1 for user, texts in sent.items() for text in texts if text not in said.get(user, []))
+    crossed = sum(1 for user, texts in said.items() for text in texts if text not in sent.get(user, []))
+    stack.close()
+
+    done = len(turn_ms)
+    summary = {
+        "clients": args.clients, "turns": done, "turns_sent": sum(len(v) for v in sent.values()),
+        "failed": len(failures), "p50_ttft_ms": round(_p(ttft, 0.5), 1), "p95_ttft_ms": round(_p(ttft, 0.95), 1),
+        "p50_turn_ms": round(_p(turn_ms, 0.5), 1), "p95_turn_ms": round(_p(turn_ms, 0.95), 1),
+        "turns_per_s": round(done / wall, 3), "serial_turns_per_s": round(serial_rate, 3),
+        "ratio": round((done / wall) / serial_rate, 2), "lost": lost, "crossed": crossed,
+        "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else 0.0,
+        "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms,
+    }
+    print_table(f"pllm serve under load: {args.clients} clients × {args.turns} turns (max_new_tokens "
+                f"{args.max_new_tokens}, batch window {args.window_ms} ms)", ["figure", "value"],
+                [[k, v] for k, v in summary.items()])
+    for failure in failures[:5]:
+        print("failed:", failure)
+    if args.json:
+        emit_json(summary)
+
+
+if __name__ == "__main__":
+    main()
