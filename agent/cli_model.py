@@ -5,7 +5,8 @@
 * ``pllm edit undo --user NAME EDIT_ID`` — remove one edit, publish the adapter without it;
 * ``pllm edit apply --user NAME`` — reconcile the user's edits with their facts now, in the foreground;
 * ``pllm worker [--once]`` — a process that runs the home's model-update jobs (its own model), so a chat
-  started with ``PLLM_MODEL_UPDATES=0`` never computes an edit itself.
+  started with ``PLLM_MODEL_UPDATES=0`` never computes an edit itself; ``--ray ADDRESS`` runs them on a Ray
+  actor instead (:mod:`agent.ray_jobs`), this process keeping the job table.
 
 Each reads the memory read-only, so it works beside a running chat.
 """
@@ -34,6 +35,7 @@ from agent.cli_common import (
     settings,
     setup,
 )
+from agent.ray_jobs import RAY_ADDRESS_HELP
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.policy import UpdateWorker
@@ -114,9 +116,12 @@ def _model_worker(s: "Settings") -> Iterator["UpdateWorker"]:
         local = LocalModel.load(s.runtime_config())
         memory = Memory(s.memory_config(), read_only=True)
     jobs = JobStore.under(s.home)
-    worker = UpdateWorker(store=jobs, outbox=memory.graph.log_after)
+    worker = UpdateWorker(store=jobs)
     try:
         register_model_handlers(worker, local, memory, s)
+        # Set after registering: with the outbox set, registering knowledge_edit starts the worker's thread,
+        # which would run jobs beside run_pending (their outcomes never shown, a job cut off on exit).
+        worker.outbox = memory.graph.log_after
         yield worker
     finally:
         worker.close()
@@ -179,14 +184,62 @@ def edit_undo(user: UserOpt, edit_id: Annotated[str, typer.Argument(metavar="EDI
     console.print(f"undid {escape(edit_id)} of {escape(user)}: published adapter v{version}")
 
 
+@contextmanager
+def _ray_worker(s: "Settings", address: str, *, verbose: bool = False) -> Iterator["UpdateWorker"]:
+    """A worker over the home's job store whose model-level handlers send each job to a Ray actor (which loads
+    the model itself); this process keeps the job store, the fact-log outbox, retries and outcomes."""
+    from agent.jobs import JobStore
+    from agent.policy import UpdateWorker
+    from agent.ray_jobs import RayJobs, RayUnavailable, connect, shutdown
+    from memory.service import Memory
+
+    with console.status(f"connecting to Ray ({escape(address)})…"):
+        started = connect(address, verbose=verbose)
+    memory = jobs = remote = w = None
+    try:
+        memory = Memory(s.memory_config(), read_only=True)
+        with console.status("starting the model-update actor (it loads the model)…"):
+            try:
+                remote = RayJobs(s)
+            except PLLM_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the actor, said in one line
+                raise RayUnavailable(f"the model-update actor could not start on Ray ({address}): "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        assert remote.placement is not None
+        console.print(f"model-update jobs run on Ray: {escape(remote.placement.describe())}")
+        jobs = JobStore.under(s.home)
+        w = UpdateWorker(store=jobs)
+        remote.register(w)
+        w.outbox = memory.graph.log_after  # set after registering: no background thread, run_pending runs all
+        yield w
+    finally:
+        if w is not None:
+            w.close()
+        if remote is not None:
+            remote.close()
+        if jobs is not None:
+            jobs.close()
+        if memory is not None:
+            memory.close()
+        if started:
+            shutdown()
+
+
 def worker(once: Annotated[bool, typer.Option("--once", help="run what is due, then exit")] = False,
            poll: Annotated[float, typer.Option(min=0.1, help="seconds between looks at the fact log")] = 2.0,
+           ray: Annotated[Optional[str], typer.Option(
+               "--ray", metavar="ADDRESS", show_default="off: jobs run in this process",
+               help=f"run the jobs on a Ray actor (its own model, one GPU when the cluster has one; the home must "
+                    f"be on storage the actor's node shares). ADDRESS: {RAY_ADDRESS_HELP}. Needs Ray: install pllm "
+                    "with its 'ray' extra")] = None,
            home: HomeOpt = None, model: ModelOpt = None, verbose: VerboseOpt = 0) -> None:
-    """Run the home's model-update jobs in this process (its own model) until interrupted."""
+    """Run the home's model-update jobs in this process (its own model), or on a Ray actor (--ray), until
+    interrupted. The job table under the home stays the record either way."""
     setup(verbose)
     s = settings(home, model=model)
     try:
-        with _model_worker(s) as w:
+        with (_ray_worker(s, ray, verbose=verbose > 0) if ray else _model_worker(s)) as w:
             while True:
                 failed = _run_pending(w)
                 if once:
