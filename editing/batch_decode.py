@@ -45,6 +45,9 @@ __all__ = ["BatchDecoder", "decode_batch"]
 
 log = logging.getLogger(__name__)
 
+# admit(rows still decoding) -> the (prompt (1, T), deltas) pairs that join the running batch now
+Admit = Callable[[int], Sequence[tuple[torch.Tensor, Sequence[LowRankDelta]]]]
+
 
 def _check_batch(prompts: Sequence[torch.Tensor],
                  deltas_per_row: Sequence[Sequence[LowRankDelta]] | None) -> list[tuple[LowRankDelta, ...]]:
@@ -95,6 +98,7 @@ class BatchDecoder:
         self.solo = Decoder(model, tokenizer, fast_path=fast_path)  # path choice and token choice are shared
         self.last_path: str | None = None
         self.last_token_ids: list[list[int]] = []
+        self.joined = 0  # rows that joined a running batch (continuous batching), over this decoder's life
 
     def _pad_id(self) -> int:
         if self.tokenizer.pad_token_id is not None:
@@ -131,56 +135,86 @@ class BatchDecoder:
     @torch.inference_mode()
     def run(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
             deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
-            on_piece: Callable[[int, str], None] | None = None, **model_kwargs: Any) -> list[str]:
+            on_piece: Callable[[int, str], None] | None = None, admit: Admit | None = None,
+            **model_kwargs: Any) -> list[str]:
         """The reply to each prompt (each ``(1, T_i)``), row ``b`` run with ``deltas_per_row[b]``.
 
         Each row stops on its own (end-of-reply token unless ``settings.ignore_eos``, stop string, or
         ``settings.max_new_tokens``). Per-row model kwargs are lists with one entry per row. ``on_piece(row,
         text)`` is called with each row's text as soon as it is safe to show (streaming several requests at once);
         the pieces of a row concatenate to its reply.
+
+        ``admit(active)`` (continuous batching, fast step only): called after every step with the number of rows
+        still decoding; the ``(prompt, deltas)`` pairs it returns join the batch at once (their prefill runs, then
+        they decode with the others) as rows ``len(prompts)``, ``len(prompts) + 1``, … in the order given; the
+        result holds their replies too. A joined row gives the tokens it would alone, like every row.
         """
         rows = _check_batch(prompts, deltas_per_row)
         lengths = [ids.shape[1] for ids in prompts]
         input_ids, pads = _left_pad(prompts, self._pad_id())
         width, device = input_ids.shape[1], input_ids.device
         processors = _processors(settings)
-        generators = [None] * len(prompts)
-        if not settings.greedy and settings.seed is not None:
-            generators = [torch.Generator(device=device).manual_seed(settings.seed) for _ in prompts]
         stop_ids = set() if settings.ignore_eos else eos_token_ids(self.model, self.tokenizer)
-        seen = [torch.cat([ids, ids.new_empty((1, settings.max_new_tokens))], dim=1) for ids in prompts]
-        texts = [_TextStream(self.tokenizer, settings.stop) for _ in prompts]
+        seen: list[torch.Tensor] = []
+        texts: list[_TextStream] = []
+        generators: list[torch.Generator | None] = []
+
+        def open_rows(new: Sequence[torch.Tensor]) -> None:
+            for ids in new:
+                seen.append(torch.cat([ids, ids.new_empty((1, settings.max_new_tokens))], dim=1))
+                texts.append(_TextStream(self.tokenizer, settings.stop))
+                sampled = not settings.greedy and settings.seed is not None
+                generators.append(torch.Generator(device=device).manual_seed(settings.seed) if sampled else None)
+
+        open_rows(prompts)
         pieces: list[list[str]] = [[] for _ in prompts]
-        self.last_token_ids = [text.ids for text in texts]
+        made = [0] * len(prompts)  # tokens generated per row
 
         stacks = self._stacks(rows)  # once for the prefill and the general step
         logits, cache = self._prefill(input_ids, pads, stacks, model_kwargs)
         step = self._step(cache, width + settings.max_new_tokens, pads, rows, stacks, model_kwargs)
         self.last_path = step.name
+        can_join = admit is not None and isinstance(step, _LlamaStep)
         active = list(range(len(prompts)))  # batch position → request row
-        for n in range(settings.max_new_tokens):
+        column = width  # the cache column the next fed token is written to
+        while True:
             keep, tokens = [], []
             for pos, row in enumerate(active):
                 start = 0 if settings.penalize_prompt else lengths[row]
-                window = seen[row][:, start: lengths[row] + n]
+                window = seen[row][:, start: lengths[row] + made[row]]
                 next_id = Decoder._choose(logits[pos: pos + 1], window, processors, settings, generators[row])
                 if next_id in stop_ids:
                     continue
-                seen[row][0, lengths[row] + n] = next_id
+                seen[row][0, lengths[row] + made[row]] = next_id
+                made[row] += 1
                 piece = texts[row].push(next_id)
                 pieces[row].append(piece)
                 if on_piece is not None and piece:
                     on_piece(row, piece)
-                if not texts[row].stopped:
-                    keep.append(pos)
+                if not texts[row].stopped and made[row] < settings.max_new_tokens:
+                    keep.append(pos)  # the last tokens' logits are never needed: no forward for a row at its cap
                     tokens.append(next_id)
-            if not keep or n + 1 == settings.max_new_tokens:
-                break  # the last tokens' logits are never needed: skip their forward
             if len(keep) < len(active):
-                step.select(torch.tensor(keep, device=device))
+                step.select(torch.tensor(keep, dtype=torch.long, device=device))
                 active = [active[pos] for pos in keep]
-            token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
-            logits = step(token, width + n)
+            if keep:
+                token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
+                logits = step(token, column)
+                column += 1
+            joining = list(admit(len(active))) if can_join else []  # type: ignore[misc]
+            if not keep and not joining:
+                break
+            if joining:
+                logits, column = self._join(step, joining, logits if keep else None, column, settings, model_kwargs)
+                first = len(lengths)
+                new_prompts = [ids for ids, _ in joining]
+                lengths += [ids.shape[1] for ids in new_prompts]
+                open_rows(new_prompts)
+                pieces += [[] for _ in new_prompts]
+                made += [0] * len(new_prompts)
+                active += list(range(first, first + len(new_prompts)))
+                self.joined += len(new_prompts)
+        self.last_token_ids = [text.ids for text in texts]
         replies = []
         for row, (done, text) in enumerate(zip(pieces, texts)):
             tail = text.finish()
@@ -189,9 +223,29 @@ class BatchDecoder:
             replies.append("".join(done) + tail)
         return replies
 
+    def _join(self, step: _LlamaStep, joining: Sequence[tuple[torch.Tensor, Sequence[LowRankDelta]]],
+              logits: torch.Tensor | None, column: int, settings: GenerationSettings,
+              model_kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Prefill the joining prompts and add them to ``step``; the logits of every row and the new column."""
+        prompts = [ids for ids, _ in joining]
+        rows = _check_batch(prompts, [deltas for _, deltas in joining])
+        if step.keys.shape[1] and prompts[0].device != step.keys.device:
+            raise InvalidRequest(f"a joining prompt is on {prompts[0].device}, the batch on {step.keys.device}")
+        input_ids, pads = _left_pad(prompts, self._pad_id())
+        new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs)
+        width = input_ids.shape[1]
+        if width > column:  # the joining prompt is longer than the cache so far: make room on the left
+            step.shift(width - column)
+            column = width
+        step.reserve(column + settings.max_new_tokens)
+        step.join(cache, column, pads, rows)
+        return (new_logits if logits is None else torch.cat([logits, new_logits])), column
+
 
 def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
                  settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
-                 on_piece: Callable[[int, str], None] | None = None, **model_kwargs: Any) -> list[str]:
+                 on_piece: Callable[[int, str], None] | None = None, admit: Admit | None = None,
+                 **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
-    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, on_piece=on_piece, **model_kwargs)
+    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, on_piece=on_piece, admit=admit,
+                                              **model_kwargs)

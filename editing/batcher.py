@@ -3,7 +3,9 @@
 Leader/follower: the first request to arrive when no batch is forming becomes the leader. It waits
 ``window_s`` (or until ``max_batch`` requests are queued), takes everything queued, runs it through
 ``run_batch`` (one decode loop per group of equal settings) and hands each waiting thread its own reply.
-Requests arriving while a batch runs queue behind one new leader, which takes them all when that batch ends. A whole-reply request (:meth:`RequestBatcher.submit`)
+Requests arriving while a batch runs join it at its next step (continuous batching: ``run_batch`` calls ``admit``
+after every step; a request with other settings, or one that finds the batch full, queues behind one new leader,
+which takes what is left when that batch ends). A whole-reply request (:meth:`RequestBatcher.submit`)
 leads in its own thread; a streaming one (:meth:`RequestBatcher.stream`) hands the lead to a short-lived
 thread, so its caller can read its pieces from a queue while the batch runs (every row's text is pushed to
 its request as soon as the decoder has it).
@@ -25,7 +27,8 @@ from editing.requests import LowRankDelta
 
 __all__ = ["BatchRequest", "RequestBatcher"]
 
-# run_batch(prompts, settings, deltas_per_row, on_piece=None) -> replies; on_piece(row, text) streams rows' text.
+# run_batch(prompts, settings, deltas_per_row, *, on_piece, admit) -> replies; on_piece(row, text) streams rows' text;
+# admit(active rows) hands the decode loop the queued requests that join it (editing.batch_decode.Admit).
 RunBatch = Callable[..., list[str]]
 
 _END = object()  # end of a streaming request's pieces
@@ -47,7 +50,7 @@ class BatchRequest:
 class RequestBatcher:
     """Serve concurrent requests in batches through ``run_batch(prompts, settings, deltas_per_row)``."""
 
-    def __init__(self, run_batch: RunBatch, *, window_s: float, max_batch: int = 8) -> None:
+    def __init__(self, run_batch: RunBatch, *, window_s: float, max_batch: int = 8, continuous: bool = True) -> None:
         if window_s <= 0 or max_batch < 2:
             raise InvalidRequest(f"a batcher needs window_s > 0 and max_batch >= 2, got {window_s}, {max_batch}")
         self.run_batch = run_batch
@@ -57,7 +60,9 @@ class RequestBatcher:
         self._queue: list[BatchRequest] = []
         self._forming = False  # a leader is waiting out its window or for the batch before it
         self._running = threading.Lock()  # one batch at a time
-        self.batch_sizes: list[int] = []  # size of every batch run, for logs and tests
+        self.batch_sizes: list[int] = []  # rows of every batch run (joined ones included), for logs and tests
+        self.continuous = continuous  # requests may join a running batch (run_batch's admit=)
+        self.joined = 0  # requests that joined a running batch
 
     def _enqueue(self, request: BatchRequest) -> bool:
         """Queue ``request``; True when its caller must lead the next batch."""
@@ -122,10 +127,22 @@ class RequestBatcher:
             if sink is not None:
                 sink.put(text)
 
-        streaming = any(r.pieces is not None for r in group)
+        def admit(active: int) -> list[tuple[torch.Tensor, tuple[LowRankDelta, ...]]]:
+            """Requests queued since the batch started, with its settings, join it (up to max_batch rows)."""
+            free = self.max_batch - active
+            if free <= 0 or not self._queue:  # an unlocked peek: a request missed now is seen at the next step
+                return []
+            with self._cond:
+                taken = [r for r in self._queue if r.settings == settings][:free]
+                chosen = {id(r) for r in taken}
+                self._queue = [r for r in self._queue if id(r) not in chosen]
+            group.extend(taken)  # row i of the decode loop is group[i]
+            self.joined += len(taken)
+            return [(r.input_ids, r.deltas) for r in taken]
+
         try:
-            args = ([r.input_ids for r in group], settings, [r.deltas for r in group])
-            replies = self.run_batch(*args, on_piece=on_piece) if streaming else self.run_batch(*args)
+            replies = self.run_batch([r.input_ids for r in group], settings, [r.deltas for r in group],
+                                     on_piece=on_piece, admit=admit if self.continuous else None)
             self.batch_sizes.append(len(group))
             for request, reply in zip(group, replies):
                 request.reply = reply

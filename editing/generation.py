@@ -360,6 +360,8 @@ class _LlamaStep:
             for layer in inner.layers[: cfg.num_hidden_layers]
         ]
         self.lora = self._terms(model, deltas, row_deltas)  # per layer: slot ("q", ..., "down") → term
+        self._model = model
+        self._rows = None if row_deltas is None else [tuple(r) for r in row_deltas]  # kept for join()
         first = cache.layers[0].keys  # (batch, kv_heads, T, head_dim)
         batch, prompt_len, self.head_dim = first.shape[0], first.shape[2], first.shape[-1]
         shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
@@ -396,6 +398,56 @@ class _LlamaStep:
         self.visible = None if self.visible is None else self.visible[rows]
         self.lora = [{slot: term.select(rows) if isinstance(term, RowLora) else term for slot, term in layer.items()}
                      for layer in self.lora]
+        if self._rows is not None:
+            self._rows = [self._rows[i] for i in rows.tolist()]
+
+    # Continuous batching (rows that join a running batch; ``BatchDecoder.run(admit=...)``) -----------------
+
+    def _mask(self) -> None:
+        columns = torch.arange(self.keys.shape[3], device=self.pads.device)
+        self.visible = (columns >= self.pads)[:, None, None, :] if bool(self.pads.any()) else None
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` cache columns (a joined row decodes past the first rows' end)."""
+        extra = capacity - self.keys.shape[3]
+        if extra > 0:
+            shape = (*self.keys.shape[:3], extra, self.keys.shape[4])
+            self.keys = torch.cat([self.keys, self.keys.new_empty(shape)], dim=3)
+            self.values = torch.cat([self.values, self.values.new_empty(shape)], dim=3)
+            self._mask()
+
+    def shift(self, columns: int) -> None:
+        """Prepend ``columns`` masked columns to every row (a joining prompt is longer than the cache so far):
+        positions are ``column - pads``, so every row's positions stay as they were; callers add ``columns`` to
+        the cache column they pass."""
+        if columns <= 0:
+            return
+        shape = (*self.keys.shape[:3], columns, self.keys.shape[4])
+        self.keys = torch.cat([self.keys.new_zeros(shape), self.keys], dim=3)
+        self.values = torch.cat([self.values.new_zeros(shape), self.values], dim=3)
+        self.pads = self.pads + columns
+        self._mask()
+
+    def join(self, cache: Any, column: int, pads: torch.Tensor, rows: Sequence[Sequence[LowRankDelta]]) -> None:
+        """Add the rows of a prefill ``cache`` (left-padded by ``pads``, ``T`` columns) so that their prompts end
+        right before cache column ``column`` (``T <= column``: :meth:`shift` first otherwise); their deltas are
+        ``rows``. Needs a step made with ``row_deltas``."""
+        if self._rows is None:
+            raise InvalidRequest("only a batch step (made with row_deltas) can take joining rows")
+        first = cache.layers[0].keys  # (k, kv_heads, T, head_dim)
+        k, t = first.shape[0], first.shape[2]
+        if t > column:
+            raise InvalidRequest(f"joining prompts of {t} columns cannot end before column {column}: shift first")
+        shape = (len(self.layers), k, self.kv_heads, self.keys.shape[3], self.head_dim)
+        keys, values = self.keys.new_zeros(shape), self.values.new_zeros(shape)  # zeros: masked, never NaN
+        for i, layer_cache in enumerate(cache.layers[: len(self.layers)]):
+            keys[i, :, :, column - t: column] = layer_cache.keys
+            values[i, :, :, column - t: column] = layer_cache.values
+        self.keys, self.values = torch.cat([self.keys, keys], dim=1), torch.cat([self.values, values], dim=1)
+        self.pads = torch.cat([self.pads, pads.to(self.pads.device) + (column - t)])
+        self._mask()
+        self._rows += [tuple(r) for r in rows]
+        self.lora = self._terms(self._model, (), self._rows)
 
     def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """``token`` (batch, 1) at cache column ``position`` → next-token logits (batch, V)."""

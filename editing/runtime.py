@@ -207,9 +207,10 @@ class LocalModel:
 
     def _run_batch(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
                    deltas_per_row: Sequence[Sequence[Any]], *,
-                   on_piece: Callable[[int, str], None] | None = None) -> list[str]:
+                   on_piece: Callable[[int, str], None] | None = None, admit: Any = None) -> list[str]:
         with self.lock:  # the batch is one request as far as the model is concerned
-            return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row, on_piece=on_piece)
+            return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row, on_piece=on_piece,
+                                admit=admit)
 
     def generate_batch(self, requests: Sequence[tuple[Sequence[ChatTurn], "UserView | None"]],
                        settings: GenerationSettings | None = None) -> list[str]:

@@ -77,6 +77,36 @@ def test_a_row_that_stops_early_leaves_the_others_unchanged(tiny_llama, smol_tok
     assert len(batch.last_token_ids[0]) < min(len(batch.last_token_ids[1]), len(batch.last_token_ids[2]))
 
 
+@pytest.mark.parametrize("join_after, later", [(3, [0, 2]), (1, [1]), (6, [2, 1])],
+                         ids=["short-and-long-join", "longer-than-the-cache-joins", "two-join-when-the-first-ended"])
+def test_rows_that_join_a_running_batch_equal_their_solo_runs(tiny_llama, smol_tokenizer, join_after: int,
+                                                              later: list[int]) -> None:
+    # Continuous batching: requests that arrive while a batch decodes join it at the next step. Each joined row
+    # (its own deltas, prompts shorter and longer than the batch's cache so far) gives exactly its solo tokens,
+    # and the rows already running are not disturbed.
+    model = tiny_llama.eval()
+    rows = _tiny_rows(model)
+    prompts = [smol_tokenizer(t, return_tensors="pt")["input_ids"] for t in TINY_PROMPTS]
+    first = [i for i in range(3) if i not in later]
+    settings = GenerationSettings(max_new_tokens=12 if join_after < 6 else 6, ignore_eos=True)
+    steps = 0
+
+    def admit(active: int) -> list:
+        nonlocal steps
+        steps += 1
+        if steps != join_after:
+            return []
+        return [(prompts[i], rows[i]) for i in later]
+
+    batch = BatchDecoder(model, smol_tokenizer)
+    texts = batch.run([prompts[i] for i in first], settings, [rows[i] for i in first], admit=admit)
+    assert batch.joined == len(later) and len(texts) == 3
+    for row, i in enumerate(first + later):
+        text, tokens = _solo(model, smol_tokenizer, prompts[i], settings, rows[i])
+        assert batch.last_token_ids[row] == tokens, f"prompt {i} (batch row {row}) differs from its solo run"
+        assert texts[row] == text
+
+
 def test_real_model_three_users_in_one_batch_get_their_solo_replies(local_model: LocalModel) -> None:
     model, tok = local_model.model, local_model.tokenizer
     gen = torch.Generator().manual_seed(0)

@@ -82,6 +82,25 @@ def test_concurrent_streams_are_batched_and_each_thread_streams_its_own_reply(
     assert sum(sizes) == len(views) and max(sizes) > 1
 
 
+def test_a_request_that_arrives_mid_batch_joins_it_and_gets_its_solo_reply(
+        local_model: LocalModel, views: list) -> None:
+    # Continuous batching: a server's next request should not wait for the whole running batch to end.
+    expected = [local_model.generate(_messages(q), SETTINGS, view=v) for q, v in zip(QUESTIONS, views)]
+    local_model.enable_batching(window_ms=5, max_batch=8)
+    try:
+        first = local_model.stream(_messages(QUESTIONS[0]), SETTINGS, view=views[0])
+        got0 = [next(first)]  # the first batch is decoding
+        later = [local_model.stream(_messages(q), SETTINGS, view=v) for q, v in zip(QUESTIONS[1:], views[1:])]
+        got0 += list(first)
+        rest = ["".join(s) for s in later]
+        batcher = local_model.batcher
+        joined, sizes = batcher.joined, batcher.batch_sizes
+    finally:
+        local_model.enable_batching(0)
+    assert ["".join(got0), *rest] == expected
+    assert joined >= 1 and sizes[0] >= 2  # they joined the running loop instead of waiting for it to end
+
+
 def test_bad_batch_requests_raise_a_clear_error(local_model: LocalModel) -> None:
     with pytest.raises(InvalidRequest, match="non-empty list"):
         local_model.generate_batch([], SETTINGS)
