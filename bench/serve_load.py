@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--turns", type=int, default=4, help="turns per client (and per serial user)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--window-ms", type=float, default=25.0, help="the server's batch window")
+    p.add_argument("--no-join", action="store_true", help="no continuous batching: requests wait for the running "
+                   "batch to end (the earlier behaviour, for comparison)")
     p.add_argument("--timeout-s", type=float, default=900.0, help="stop the concurrent phase after this long")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--model-updates", action="store_true", help="run knowledge edits on the worker meanwhile")
@@ -100,6 +102,8 @@ def main() -> None:
 
     # -------------------------------------------------------------------- concurrent clients over loopback HTTP
     stack.local.enable_batching(args.window_ms, max_batch=max(2, args.clients))
+    assert stack.local.batcher is not None
+    stack.local.batcher.continuous = not args.no_join
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(stack), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -149,6 +153,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     server.should_exit = True
     batch_sizes = list(stack.local.batcher.batch_sizes) if stack.local.batcher else []
+    joined = stack.local.batcher.joined if stack.local.batcher else 0
 
     # -------------------------------------------------------------------- every turn in its own user's memory only
     said = {user: [e.text for e in stack.memory.episodes(user) if e.role == "user"]
@@ -164,7 +169,8 @@ def main() -> None:
         "p50_turn_ms": round(_p(turn_ms, 0.5), 1), "p95_turn_ms": round(_p(turn_ms, 0.95), 1),
         "turns_per_s": round(done / wall, 3), "serial_turns_per_s": round(serial_rate, 3),
         "ratio": round((done / wall) / serial_rate, 2), "lost": lost, "crossed": crossed,
-        "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else 0.0,
+        "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else 0.0, "decode_loops": len(batch_sizes),
+        "joined_mid_batch": joined,
         "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms,
     }
     print_table(f"pllm serve under load: {args.clients} clients × {args.turns} turns (max_new_tokens "
