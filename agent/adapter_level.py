@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from memory.compute import COMPUTE
+
 from agent.policy import Job, JobRejected
 from memory.records import StyleDrift
 
@@ -326,9 +328,14 @@ class AdapterRefresher:
             row = encode(model.tokenizer, TrainExample((), "user", text, "own_turn"), self.config.max_tokens)
             ids = torch.tensor([row.input_ids], device=model.plan.device)  # (1, t)
             labels = torch.tensor([row.labels], device=model.plan.device)  # (1, t)
-            with torch.no_grad(), apply_deltas(model.model, view.deltas if view else ()):
-                logits = model.model(input_ids=ids).logits[:, :-1].float()  # (1, t-1, vocab)
-            return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE))
+
+            def nll() -> float:
+                with torch.no_grad(), apply_deltas(model.model, view.deltas if view else ()):
+                    logits = model.model(input_ids=ids).logits[:, :-1].float()  # (1, t-1, vocab)
+                return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:],
+                                                               ignore_index=IGNORE))
+
+            return COMPUTE.call(nll)  # the one thread for model arithmetic (memory.compute says why)
 
     def _watch_turn(self, user_id: str, text: str, now: datetime) -> None:
         with self._watch_lock:

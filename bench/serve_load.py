@@ -71,6 +71,7 @@ def main() -> None:
                    "batch to end (the earlier behaviour, for comparison)")
     p.add_argument("--timeout-s", type=float, default=900.0, help="stop the concurrent phase after this long")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--dtype", default=None, help="the model's dtype (float32, bfloat16; default: pllm's choice)")
     p.add_argument("--model-updates", action="store_true", help="run knowledge edits on the worker meanwhile")
     args = p.parse_args()
     if args.clients < 1 or args.turns < 1:
@@ -84,7 +85,7 @@ def main() -> None:
     from editing import GenerationSettings
 
     home = Path(tempfile.mkdtemp(prefix="pllm-serve-load-"))
-    settings = Settings(home=home, threads=args.threads, model_updates=args.model_updates,
+    settings = Settings(home=home, threads=args.threads, model_updates=args.model_updates, dtype=args.dtype,
                         max_new_tokens=args.max_new_tokens)
     stack = build_stack(settings, generation=GenerationSettings(max_new_tokens=args.max_new_tokens,
                                                                 repetition_penalty=settings.repetition_penalty))
@@ -171,7 +172,7 @@ def main() -> None:
         "ratio": round((done / wall) / serial_rate, 2), "lost": lost, "crossed": crossed,
         "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else 0.0, "decode_loops": len(batch_sizes),
         "joined_mid_batch": joined,
-        "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms,
+        "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms, "dtype": stack.local.plan.describe(),
     }
     print_table(f"pllm serve under load: {args.clients} clients × {args.turns} turns (max_new_tokens "
                 f"{args.max_new_tokens}, batch window {args.window_ms} ms)", ["figure", "value"],

@@ -28,6 +28,7 @@ from editing.batch_decode import decode_batch
 from editing.batcher import RequestBatcher
 from editing.generation import GenerationSettings, decode_stream
 from editing.model_cache import ensure_converted, locate_packaged_gguf
+from memory.compute import COMPUTE
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -127,7 +128,13 @@ class LocalModel:
 
     @classmethod
     def load(cls, config: RuntimeConfig | None = None) -> "LocalModel":
-        """Load the configured model onto the device chosen now (see :func:`editing.device.choose_device`)."""
+        """Load the configured model onto the device chosen now (see :func:`editing.device.choose_device`).
+
+        Loading, like every generation, runs on :data:`memory.compute.COMPUTE` (see there why)."""
+        return COMPUTE.call(cls._load, config)
+
+    @classmethod
+    def _load(cls, config: RuntimeConfig | None) -> "LocalModel":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         config = config or RuntimeConfig()
@@ -182,6 +189,10 @@ class LocalModel:
 
     def _decode(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: tuple,
                 model_kwargs: dict[str, Any]) -> Iterator[str]:
+        return COMPUTE.iterate(lambda: self._decode_here(input_ids, settings, deltas, model_kwargs))
+
+    def _decode_here(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: tuple,
+                     model_kwargs: dict[str, Any]) -> Iterator[str]:
         with self.lock:  # hooks are module-global: one request at a time, and only this one's deltas
             yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas, **model_kwargs)
 
@@ -208,9 +219,16 @@ class LocalModel:
     def _run_batch(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
                    deltas_per_row: Sequence[Sequence[Any]], *,
                    on_piece: Callable[[int, str], None] | None = None, admit: Any = None) -> list[str]:
-        with self.lock:  # the batch is one request as far as the model is concerned
-            return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row, on_piece=on_piece,
-                                admit=admit)
+        def between_steps(active: int) -> Any:  # short tasks (embeddings) queued meanwhile run between steps
+            COMPUTE.drain()
+            return admit(active) if admit is not None else []
+
+        def run() -> list[str]:
+            with self.lock:  # the batch is one request as far as the model is concerned
+                return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row,
+                                    on_piece=on_piece, admit=between_steps)
+
+        return COMPUTE.call(run)
 
     def generate_batch(self, requests: Sequence[tuple[Sequence[ChatTurn], "UserView | None"]],
                        settings: GenerationSettings | None = None) -> list[str]:

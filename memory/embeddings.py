@@ -99,13 +99,21 @@ class MiniLMEmbedder:
             raise EmbedderUnavailable(f"could not load the embedding model from {path}: {exc}") from exc
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` → float32 array ``(len(texts), 384)``, each row of unit length."""
+        """Embed ``texts`` → float32 array ``(len(texts), 384)``, each row of unit length.
+
+        The arithmetic runs on :data:`memory.compute.COMPUTE` (a short task: it may run between the steps of a
+        reply being decoded)."""
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of strings, not one string; wrap it in a list")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        from memory.compute import COMPUTE
+
+        return COMPUTE.call(self._embed, list(texts), short=True)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
-            list(texts),
+            texts,
             batch_size=self._batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,

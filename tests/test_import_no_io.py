@@ -48,3 +48,22 @@ def test_importing_the_packages_does_no_io(tmp_path) -> None:
     events = json.loads(out.stdout.strip().splitlines()[-1])
     assert events == [], f"import did I/O: {events[:10]}"
     assert list(tmp_path.iterdir()) == [], "import wrote into HOME"
+
+
+def test_the_layers_import_only_what_the_readme_says() -> None:
+    """memory/ never imports editing/ or agent/; editing/ takes nothing of memory/ but memory.compute."""
+    import ast
+
+    def imported(package: str) -> set[tuple[str, str]]:
+        found = set()
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                found |= {(str(path.relative_to(REPO)), name) for name in names}
+        return found
+
+    memory_imports = {(f, m) for f, m in imported("memory") if m.split(".")[0] in ("editing", "agent")}
+    assert memory_imports == set()
+    editing_imports = {(f, m) for f, m in imported("editing") if m.split(".")[0] in ("memory", "agent")}
+    assert {m for _, m in editing_imports} <= {"memory.compute"}, sorted(editing_imports)

@@ -58,6 +58,22 @@ def test_a_failing_job_is_retried_with_backoff_then_failed_and_never_blocks_the_
     worker.close()
 
 
+def test_each_job_runs_on_a_thread_of_its_own_that_ends_with_it(tmp_path: Path) -> None:
+    """Training leaves an OpenMP pool on the thread that ran it; a job thread takes its pool with it when it ends
+    (a pool that outlives the job would slow every later decode step: memory.compute)."""
+    import threading
+
+    ran: list[threading.Thread] = []
+    worker = UpdateWorker(store=JobStore(tmp_path / "jobs.sqlite"))
+    worker.register("knowledge_edit", lambda job: ran.append(threading.current_thread()) or f"done for {job.user_id}")
+    worker.submit([_job("ann"), _job("ben")])
+    assert worker.wait_idle(10)
+    assert len(ran) == 2 and ran[0] is not ran[1]
+    assert all(t.name.startswith("pllm-job-") and not t.is_alive() for t in ran)
+    assert {r.detail for r in worker.store.list()} == {"done for ann", "done for ben"}  # type: ignore[union-attr]
+    worker.close()
+
+
 def test_a_rejected_result_fails_at_once_without_retries(tmp_path: Path) -> None:
     def handler(job: Job) -> str:
         raise JobRejected("edit for lives_in did not pass its check (chat efficacy 0.00 < 0.50)")

@@ -45,6 +45,32 @@ def test_generate_answers_a_simple_question(local_model: LocalModel) -> None:
     assert "Paris" in reply
 
 
+def test_replies_are_decoded_on_the_compute_thread_whatever_thread_asks(local_model: LocalModel,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every decode runs on memory.compute's one thread (a second thread's OpenMP pool halves decode speed)."""
+    import threading
+
+    import editing.runtime as runtime
+    from memory.compute import COMPUTE
+
+    where: list[str] = []
+    real = runtime.decode_stream
+
+    def spy(*args, **kwargs):
+        where.append(threading.current_thread().name)
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "decode_stream", spy)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    replies: list[str] = []
+    asker = threading.Thread(target=lambda: replies.append("".join(local_model.stream(question))))
+    asker.start()
+    asker.join(120)
+    replies.append(local_model.generate(question))
+    assert where == [COMPUTE.name, COMPUTE.name]
+    assert replies[0] == replies[1] and "Paris" in replies[0]
+
+
 def test_bad_chat_messages_are_rejected_clearly(local_model: LocalModel) -> None:
     with pytest.raises(InvalidRequest, match="messages is empty"):
         local_model.encode_chat([])
