@@ -6,13 +6,15 @@
 * ``pllm align status`` — which poles exist for the configured model, their pairs and final DPO loss.
 
 Users' preference layers are merged from these poles by their style weights (``pllm memory show`` prints the
-weights) on the update worker; until the poles exist, style weights act at the input level only.
+weights) on the update worker; until the poles exist, style weights act at the input level only. After training,
+``pllm align train`` queues a merge for every user of the home with style weights, so users whose weights were
+set before the poles existed get their preference layer.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -21,7 +23,10 @@ from rich.table import Table
 
 from agent.cli_common import PLLM_ERRORS, HomeOpt, ModelOpt, PllmTyper, VerboseOpt, console, fail, settings, setup
 
-__all__ = ["align_app"]
+if TYPE_CHECKING:  # pragma: no cover
+    from agent.settings import Settings
+
+__all__ = ["align_app", "queue_preference_merges"]
 
 align_app = PllmTyper(help="Pole adapters (DPO, one per style pole) that users' preference layers are merged from.")
 
@@ -82,6 +87,40 @@ def align_train(dimension: DimensionOpt = None,
         fail(exc)
     console.print(f"[green]done[/] for {escape(local.model_id)} in {run.seconds:.0f} s: {escape(run.summary())}")
     console.print(f"poles are in {escape(str(store.base_dir(local.model_id)))}")
+    try:
+        users = queue_preference_merges(s, "pllm align train: pole adapters (re)trained")
+    except PLLM_ERRORS as exc:
+        fail(exc)
+    if users:
+        console.print(f"queued a preference merge for {len(users)} user(s) with style weights "
+                      f"({escape(', '.join(users[:5]))}{'…' if len(users) > 5 else ''}): the update worker of "
+                      "`pllm serve` / `pllm chat` runs them, or `pllm worker --once` now")
+
+
+def queue_preference_merges(s: "Settings", reason: str) -> list[str]:
+    """Queue a ``preference_weights`` job for every user of the home with a non-zero style weight (their merged
+    preference layer is re-made from the poles now trained; a user whose poles did not change publishes nothing).
+    Returns those users; none when the home has no memory yet."""
+    from datetime import datetime, timezone
+
+    from agent.jobs import JobStore
+    from memory.service import Memory
+
+    config = s.memory_config()
+    if not config.sqlite_path.exists():
+        return []
+    with Memory(config, read_only=True) as memory:
+        users = [u for u in memory.users()
+                 if any(abs(w.weight) > 1e-6 for w in memory.preference_weights(u).values())]
+    if users:
+        jobs = JobStore.under(s.home)
+        try:
+            now = datetime.now(timezone.utc)
+            for user in users:
+                jobs.add("preference_weights", user, [reason], now, coalesce=True)
+        finally:
+            jobs.close()
+    return users
 
 
 @align_app.command("status")

@@ -131,6 +131,25 @@ class UserLayers:
         weights = pref.get("weights") if isinstance(pref, dict) else None
         return {str(k): float(v) for k, v in weights.items()} if isinstance(weights, dict) else {}
 
+    def published_preference(self, user_id: str) -> dict[str, Any]:
+        """The preference record of the user's published version ({} when none)."""
+        info = next((v for v in self.adapters.versions(user_id) if v.published), None)
+        pref = info.extra.get("preference") if info is not None else None
+        return dict(pref) if isinstance(pref, dict) else {}
+
+    def preference_plan(self, weights: Mapping[str, float]) -> dict[str, Any]:
+        """What :meth:`preference` would merge for ``weights`` now, without merging: ``merged`` (the trained
+        poles it would use) and ``poles`` (their trained versions' fingerprint, absent when none)."""
+        from editing.alignment import pole_from_key, pole_mix
+
+        mix = pole_mix(weights)
+        trained = {p.key for p in self.poles.available(self.model.model_id)} if mix else set()
+        usable = sorted(k for k in mix if k in trained)
+        plan: dict[str, Any] = {"merged": usable}
+        if usable:
+            plan["poles"] = self.poles.fingerprint(self.model.model_id, [pole_from_key(k) for k in usable])
+        return plan
+
     def preference(self, weights: Mapping[str, float]) -> tuple[list["LowRankDelta"], dict[str, Any]]:
         """The preference layer for ``weights`` (dimension → w) and its record."""
         from editing.alignment import merge_poles, pole_from_key, pole_mix
@@ -247,7 +266,8 @@ def knowledge_edit_handler(workspace: ModelWorkspace) -> Handler:
 def preference_handler(workspace: ModelWorkspace) -> Handler:
     """The ``preference_weights`` handler: merge the user's poles by their current style weights, publish.
 
-    Nothing is published when the weights equal those of the published version. A pole that cannot be loaded
+    Nothing is published when the weights and the trained poles they use equal those of the published version
+    (new or retrained poles publish again: ``pllm align train`` queues this job for every user with weights). A pole that cannot be loaded
     (corrupt, or trained on another base) fails the job at once and leaves the published version in place.
     """
     from editing.errors import InvalidRequest
@@ -260,7 +280,11 @@ def preference_handler(workspace: ModelWorkspace) -> Handler:
             published = layers.published_weights(job.user_id)
             shown = ", ".join(f"{d} {w:+.2f}" for d, w in weights.items())
             if published and all(abs(published.get(d, 0.0) - w) < 1e-4 for d, w in weights.items()):
-                return f"style weights unchanged ({shown}); nothing to publish"
+                # Same weights: publish again only when the poles changed since (trained, or retrained with
+                # `pllm align train --force`), so a user merged before a pole existed gets it now.
+                record, plan = layers.published_preference(job.user_id), layers.preference_plan(weights)
+                if (sorted(record.get("merged", [])), record.get("poles")) == (plan["merged"], plan.get("poles")):
+                    return f"style weights unchanged ({shown}); nothing to publish"
             try:
                 deltas, extra = layers.compose(job.user_id, weights=weights)
             except InvalidRequest as err:

@@ -306,6 +306,15 @@ def test_align_train_trains_the_poles_once_and_status_lists_them(tmp_path: Path,
         if entry.is_dir() and entry.name != "poles" and entry.name != "stats":
             (cache / entry.name).symlink_to(entry)
     env = {"PLLM_HOME": str(tmp_path / "home"), "PLLM_MODEL_CACHE": str(cache)}
+    from agent import Settings
+    from agent.jobs import JobStore
+    from memory.service import Memory
+
+    with Memory(Settings(home=tmp_path / "home").memory_config()) as mem:  # weights set before any pole exists
+        mem.remember("ana", "Please keep your answers short.", role="user")
+        mem.remember("ben", "Hello there!", role="user")
+        assert mem.preference_weights("ana")["verbosity"].weight < 0
+        assert all(w.weight == 0 for w in mem.preference_weights("ben").values())
     runner = CliRunner()
     before = runner.invoke(app, ["align", "status", "--json"], env=env)
     assert before.exit_code == 0, before.output
@@ -321,6 +330,19 @@ def test_align_train_trains_the_poles_once_and_status_lists_them(tmp_path: Path,
     status = json.loads(runner.invoke(app, ["align", "status", "--json"], env=env).output)
     assert {k for k, p in status["poles"].items() if p["trained"]} == {"verbosity.concise", "verbosity.detailed"}
     assert status["poles"]["verbosity.concise"]["pllm_version"] == metadata.version("pllm")
+    # ana's weights predate the poles: training queued her merge (ben has no weights), and the worker publishes it.
+    assert "queued a preference merge for 1 user(s)" in " ".join(trained.output.split())
+    jobs = JobStore.under(tmp_path / "home")
+    assert [(r.kind, r.state) for r in jobs.list("ana")] == [("preference_weights", "queued")]
+    assert jobs.list("ben") == []
+    jobs.close()
+    ran = runner.invoke(app, ["worker", "--once"], env=env)
+    assert ran.exit_code == 0, ran.output
+    flat = " ".join(ran.output.split())
+    assert "done" in flat and "verbosity.concise × 1.00" in flat and "published adapter v1" in flat, flat
+
     again = runner.invoke(app, ["align", "train", "-d", "verbosity"], env=env)  # kept: nothing to do
     assert again.exit_code == 0
     assert "already trained: verbosity.concise, verbosity.detailed" in " ".join(again.output.split())
+    rerun = runner.invoke(app, ["worker", "--once"], env=env)  # same weights, same poles: nothing new to publish
+    assert rerun.exit_code == 0 and "nothing to publish" in " ".join(rerun.output.split()), rerun.output
