@@ -14,6 +14,11 @@ Two kinds of task: ``call(..., short=True)`` (an embedding: milliseconds) may ru
 decode (the decode loops call :meth:`ComputeThread.drain`), so a request that needs its recall embedded before
 it can join a batch is not held up by the whole batch; long tasks (a decode, a load) run one after another.
 A task submitted from the compute thread itself runs at once (no deadlock on re-entry).
+
+Pools are also given back (:func:`release_pool`, OpenMP 5's ``omp_pause_resource_all``): the compute thread
+frees its pool whenever it runs out of work, and a thread that hands work to it frees its own first. So a script
+that loads the model (on the compute thread) and then runs its own arithmetic on its main thread, or the other
+way round, keeps one live pool at a time and full speed.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-__all__ = ["COMPUTE", "ComputeThread", "run_in_fresh_thread"]
+__all__ = ["COMPUTE", "ComputeThread", "release_pool", "run_in_fresh_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,8 @@ class ComputeThread:
                 except queue.Empty:  # a short task already ran inside a drain(): its wake-up is spare
                     continue
             self._run(task)
+            if self._short.empty() and self._long.empty():
+                release_pool()  # idle: the caller's own arithmetic (a script's main thread) keeps full speed
 
     @staticmethod
     def _run(task: tuple[Future[Any], Callable[[], Any]]) -> None:
@@ -116,6 +124,7 @@ class ComputeThread:
         """``fn(*args, **kwargs)`` run on the compute thread (at once when already there, or when disabled)."""
         if not self.enabled or self.here():
             return fn(*args, **kwargs)
+        release_pool()  # this thread's own pool, if it has one, would slow the compute thread's
         return self.submit(fn, *args, short=short, **kwargs).result()
 
     def drain(self) -> int:
@@ -159,6 +168,7 @@ class ComputeThread:
                     close()
             items.put((_END, None))
 
+        release_pool()
         self.submit(produce)
         try:
             while True:
@@ -171,6 +181,44 @@ class ComputeThread:
                     return
         finally:
             stop.set()
+
+
+_PAUSE_SOFT = 1  # omp_pause_soft
+_pause: Callable[[int], int] | None = None
+_pause_looked = False
+_pause_lock = threading.Lock()
+
+
+def _find_pause() -> Callable[[int], int] | None:
+    """``omp_pause_resource_all`` of the OpenMP runtime already loaded in this process (torch's), or None."""
+    import ctypes
+
+    for name in ("libgomp.so.1", "libomp.so", "libomp.dylib", "libiomp5.so"):
+        try:  # RTLD_NOLOAD: only a runtime that is already loaded; never load one
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # type: ignore[attr-defined]
+        except (OSError, AttributeError):
+            continue
+        pause = getattr(lib, "omp_pause_resource_all", None)
+        if pause is not None:
+            pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+            return pause  # type: ignore[no-any-return]
+    return None
+
+
+def release_pool() -> bool:
+    """Free the calling thread's OpenMP worker pool (it is made again, in microseconds, by its next parallel
+    kernel); True when a runtime was found. Nothing happens before torch has loaded its OpenMP runtime."""
+    global _pause, _pause_looked
+    if not _pause_looked:
+        if "torch" not in sys.modules:
+            return False
+        with _pause_lock:
+            if not _pause_looked:
+                _pause, _pause_looked = _find_pause(), True
+    if _pause is None:
+        return False
+    _pause(_PAUSE_SOFT)  # -1 inside a parallel region: then nothing is freed, which is harmless
+    return True
 
 
 _EXIT_WAIT_S = 120.0  # the longest exit waits for a running task (a long reply or a load) to end

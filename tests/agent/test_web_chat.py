@@ -102,6 +102,13 @@ def test_web_chat_shows_a_superseded_fact(server_url: str, browser, tmp_path: Pa
     assert page.input_value("#user-select") == "dana"
     assert page.inner_text("#current-user") == "dana"
 
+    page.fill("#new-user", "ops/dana")  # not a user id: said so at once, and dana stays the active user
+    page.press("#new-user", "Enter")
+    assert "is not valid" in page.inner_text("#error") and "letters, digits" in page.inner_text("#error")
+    assert page.inner_text("#current-user") == "dana"
+    page.click("#error")  # dismissed
+    assert page.locator("#error").is_hidden()
+
     say(page, "I live in Oslo.", 0)
     first = page.locator("#messages .msg.assistant").first
     assert first.inner_text().strip(), "the first reply is empty"

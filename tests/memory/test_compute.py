@@ -145,3 +145,37 @@ def test_the_process_exits_cleanly_while_the_compute_thread_runs_torch(tmp_path)
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": str(tmp_path)})
     assert "leaving mid-work" in out.stdout
     assert out.returncode == 0 and "terminate called" not in out.stderr, out.stderr[-2000:]
+
+
+def test_an_idle_compute_thread_gives_its_openmp_workers_back(tmp_path) -> None:
+    """Once idle, the compute thread keeps no OpenMP worker threads (a second live pool would slow every kernel of
+    the caller's own work, e.g. a script's edits on its main thread after LocalModel.load); a caller that hands
+    work over gives its own back too."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent("""
+        import os, time, torch
+        from memory.compute import COMPUTE
+        if torch.get_num_threads() < 2:
+            print("SKIP one torch thread: no OpenMP pool to give back"); raise SystemExit(0)
+        tasks = lambda: len(os.listdir("/proc/self/task"))
+        a = torch.randn(512, 512)
+        before = tasks()
+        (a @ a).sum()  # the main thread's own pool
+        main_pool = tasks() - before
+        COMPUTE.call(lambda: float((a @ a).sum()))  # main gives its pool back, the compute thread makes one
+        time.sleep(0.5)
+        print("RESULT", main_pool, tasks() - before)
+    """)
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=repo,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(out.stdout.strip())
+    main_pool, after = map(int, out.stdout.split("RESULT")[1].split())
+    assert main_pool >= 1  # the main thread's pool had worker threads
+    assert after == 1, f"{after} threads more than before: only the compute thread itself should be left"

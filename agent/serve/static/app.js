@@ -641,6 +641,13 @@
       const input = $("new-user");
       const user = input.value.trim();
       if (!user) return;
+      // The server's rule for user ids (memory.validation): checked here so that a "/" or a space does not
+      // reach a route that cannot exist and come back as a bare 404.
+      if (!/^[A-Za-z0-9][A-Za-z0-9_.@:+\-]*$/.test(user) || user.length > 200) {
+        showError(`user id "${user}" is not valid: use letters, digits and _ . @ : + - (starting with a letter or ` +
+                  "digit, at most 200 characters)", "new user");
+        return;
+      }
       input.value = "";
       setUser(user);
     });
