@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from memory.compute import COMPUTE
+from editing.compute import COMPUTE
 
 from agent.policy import Job, JobRejected
 from memory.records import StyleDrift
@@ -335,7 +335,7 @@ class AdapterRefresher:
                 return float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:],
                                                                ignore_index=IGNORE))
 
-            return COMPUTE.call(nll)  # the one thread for model arithmetic (memory.compute says why)
+            return COMPUTE.call(nll)  # the one thread for model arithmetic (editing.compute says why)
 
     def _watch_turn(self, user_id: str, text: str, now: datetime) -> None:
         with self._watch_lock:

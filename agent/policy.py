@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from memory import ChangeEvent, FactAdded, FactRetracted, FactSuperseded, PreferenceDrift, StyleDrift
 from memory.clock import Clock, SystemClock
-from memory.compute import run_in_fresh_thread
+from editing.compute import run_in_fresh_thread
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.jobs import JobRecord, JobStore
@@ -236,7 +236,7 @@ class UpdateWorker:
             return self._finish(job, "skipped", f"no handler registered for {job.kind}")
         try:
             # A fresh thread per job: training leaves an OpenMP pool behind on the thread that ran it, and a second
-            # live pool slows every decode step (memory.compute); this one ends with the job.
+            # live pool slows every decode step (editing.compute); this one ends with the job.
             detail = run_in_fresh_thread(handler, job, name=f"pllm-job-{job.id}")
             return self._finish(job, "done", detail)
         except JobRejected as exc:

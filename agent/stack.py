@@ -114,6 +114,11 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     # First: an unreachable PLLM_POSTGRES_URL fails at once, before the memory is opened or the model loaded.
     checkpointer = make_checkpointer(settings.home, settings.postgres_url)
     try:
+        if embedder is None:  # embeddings on the compute thread the chat model decodes on (editing.compute)
+            from editing.compute import COMPUTE
+            from memory.embeddings import MiniLMEmbedder
+
+            embedder = MiniLMEmbedder(runner=lambda fn, texts: COMPUTE.call(fn, texts, short=True))
         memory = Memory(memory_config or settings.memory_config(), clock=clock, embedder=embedder)
     except BaseException:
         close_checkpointer(checkpointer)

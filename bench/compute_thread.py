@@ -4,7 +4,7 @@ Each setting runs in its own process (a thread pool left behind by the other set
 default stack loads, one warm-up turn, then ``--turns`` turns through ``PersonalAgent.stream`` — the path of
 ``pllm chat`` and ``pllm serve``, where LangGraph runs the respond node on a worker thread. Measured: the mean
 decode step (the fast step's forward, timed around each call), the mean time to first piece and the mean turn.
-The baseline is ``off`` (every decode on the thread that asks for it, as before ``memory.compute``).
+The baseline is ``off`` (every decode on the thread that asks for it, as before ``editing.compute``).
 
     python bench/compute_thread.py [--turns 8] [--max-new-tokens 64] [--json]
 

@@ -28,7 +28,7 @@ from editing.batch_decode import decode_batch
 from editing.batcher import RequestBatcher
 from editing.generation import GenerationSettings, decode_stream
 from editing.model_cache import ensure_converted, locate_packaged_gguf
-from memory.compute import COMPUTE
+from editing.compute import COMPUTE
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -130,7 +130,7 @@ class LocalModel:
     def load(cls, config: RuntimeConfig | None = None) -> "LocalModel":
         """Load the configured model onto the device chosen now (see :func:`editing.device.choose_device`).
 
-        Loading, like every generation, runs on :data:`memory.compute.COMPUTE` (see there why)."""
+        Loading, like every generation, runs on :data:`editing.compute.COMPUTE` (see there why)."""
         return COMPUTE.call(cls._load, config)
 
     @classmethod

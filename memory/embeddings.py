@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -72,7 +72,9 @@ class MiniLMEmbedder:
     dim = 384
     name = "all-MiniLM-L6-v2"
 
-    def __init__(self, path: str | Path | None = None, *, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path | None = None, *, batch_size: int = 64, device: str = "cpu",
+                 runner: Callable[..., np.ndarray] | None = None) -> None:
+        self.runner = runner  # runner(fn, texts) runs the model arithmetic (None: in the calling thread)
         self._path = Path(path) if path is not None else None
         self._batch_size = batch_size
         self._device = device
@@ -101,15 +103,15 @@ class MiniLMEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` → float32 array ``(len(texts), 384)``, each row of unit length.
 
-        The arithmetic runs on :data:`memory.compute.COMPUTE` (a short task: it may run between the steps of a
-        reply being decoded)."""
+        With a ``runner`` (``runner(fn, texts)``), the arithmetic runs through it: pllm's stack passes its compute
+        thread, so embeddings share the one thread its chat model decodes on."""
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of strings, not one string; wrap it in a list")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        from memory.compute import COMPUTE
-
-        return COMPUTE.call(self._embed, list(texts), short=True)
+        if self.runner is not None:
+            return self.runner(self._embed, list(texts))
+        return self._embed(list(texts))
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(

@@ -60,7 +60,7 @@ def test_a_failing_job_is_retried_with_backoff_then_failed_and_never_blocks_the_
 
 def test_each_job_runs_on_a_thread_of_its_own_that_ends_with_it(tmp_path: Path) -> None:
     """Training leaves an OpenMP pool on the thread that ran it; a job thread takes its pool with it when it ends
-    (a pool that outlives the job would slow every later decode step: memory.compute)."""
+    (a pool that outlives the job would slow every later decode step: editing.compute)."""
     import threading
 
     ran: list[threading.Thread] = []

@@ -47,11 +47,11 @@ def test_generate_answers_a_simple_question(local_model: LocalModel) -> None:
 
 def test_replies_are_decoded_on_the_compute_thread_whatever_thread_asks(local_model: LocalModel,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every decode runs on memory.compute's one thread (a second thread's OpenMP pool halves decode speed)."""
+    """Every decode runs on editing.compute's one thread (a second thread's OpenMP pool halves decode speed)."""
     import threading
 
     import editing.runtime as runtime
-    from memory.compute import COMPUTE
+    from editing.compute import COMPUTE
 
     where: list[str] = []
     real = runtime.decode_stream

@@ -1,4 +1,4 @@
-"""The compute thread (memory.compute): where pllm runs its model arithmetic, and how callers get results back."""
+"""The compute thread (editing.compute): where pllm runs its model arithmetic, and how callers get results back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from memory.compute import COMPUTE, ComputeThread, run_in_fresh_thread
+from editing.compute import COMPUTE, ComputeThread, run_in_fresh_thread
 
 
 def test_call_runs_on_one_named_thread_and_returns_or_raises() -> None:
@@ -107,16 +107,25 @@ def test_run_in_fresh_thread_runs_on_a_thread_that_ends_with_it() -> None:
         run_in_fresh_thread(lambda: (_ for _ in ()).throw(RuntimeError("training diverged")))
 
 
-def test_the_embedder_runs_on_the_process_compute_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_stacks_embedder_runs_on_the_compute_thread(tmp_path, local_model, monkeypatch) -> None:
+    """build_stack hands the memory's embedder the compute thread; a bare MiniLMEmbedder embeds in its caller."""
+    from agent import Settings, build_stack
     from memory.embeddings import MiniLMEmbedder
 
-    embedder = MiniLMEmbedder()
-    where: list[str] = []
-    real = embedder._embed
-    monkeypatch.setattr(embedder, "_embed", lambda texts: where.append(threading.current_thread().name) or real(texts))
-    vectors = embedder.embed(["I live in Oslo.", "My dog is called Rex."])
-    assert vectors.shape == (2, 384)
-    assert where == [COMPUTE.name]
+    stack = build_stack(Settings(home=tmp_path / "home", model_updates=False), local=local_model)
+    try:
+        embedder = stack.memory.embedder
+        where: list[str] = []
+        real = embedder._embed
+        monkeypatch.setattr(embedder, "_embed",
+                            lambda texts: where.append(threading.current_thread().name) or real(texts))
+        vectors = embedder.embed(["I live in Oslo.", "My dog is called Rex."])
+        assert vectors.shape == (2, 384)
+        assert where == [COMPUTE.name]
+    finally:
+        stack.close()
+    bare = MiniLMEmbedder()
+    assert bare.runner is None
 
 
 def test_the_process_exits_cleanly_while_the_compute_thread_runs_torch(tmp_path) -> None:
@@ -128,7 +137,7 @@ def test_the_process_exits_cleanly_while_the_compute_thread_runs_torch(tmp_path)
 
     script = textwrap.dedent("""
         import threading, time, torch
-        from memory.compute import COMPUTE
+        from editing.compute import COMPUTE
         started = threading.Event()
         def work():
             a = torch.randn(256, 256)
@@ -158,7 +167,7 @@ def test_an_idle_compute_thread_gives_its_openmp_workers_back(tmp_path) -> None:
 
     script = textwrap.dedent("""
         import os, time, torch
-        from memory.compute import COMPUTE
+        from editing.compute import COMPUTE
         if torch.get_num_threads() < 2:
             print("SKIP one torch thread: no OpenMP pool to give back"); raise SystemExit(0)
         tasks = lambda: len(os.listdir("/proc/self/task"))
