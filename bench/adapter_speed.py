@@ -105,10 +105,12 @@ def _full_load_ms(lm, repeats: int) -> float:
     """Loading a full copy of the model from the converted folder (weights + module construction)."""
     from transformers import AutoModelForCausalLM
 
+    from editing.model_cache import OFFLINE_LOAD
+
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        copy = AutoModelForCausalLM.from_pretrained(str(lm.source), dtype=lm.plan.dtype, local_files_only=True)
+        copy = AutoModelForCausalLM.from_pretrained(str(lm.source), dtype=lm.plan.dtype, **OFFLINE_LOAD)
         copy.to(lm.plan.device).eval()
         times.append(time.perf_counter() - t0)
         del copy

@@ -58,8 +58,6 @@ def _check_batch(prompts: Sequence[torch.Tensor],
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
             shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise InvalidRequest(f"prompts[{i}] must be one non-empty sequence of shape (1, T); got {shape}")
-    if len({ids.device for ids in prompts}) != 1:
-        raise InvalidRequest(f"prompts are on different devices: {sorted({str(p.device) for p in prompts})}")
     if deltas_per_row is None:
         return [() for _ in prompts]
     if len(deltas_per_row) != len(prompts):
@@ -104,6 +102,11 @@ class BatchDecoder:
         if self.tokenizer.pad_token_id is not None:
             return int(self.tokenizer.pad_token_id)
         return min(eos_token_ids(self.model, self.tokenizer), default=0)  # masked out: any valid id does
+
+    def _on_model(self, prompts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The prompts on the model's device (a tokenizer gives CPU tensors; the model may be on an accelerator)."""
+        device = next(self.model.parameters()).device
+        return [ids.to(device) for ids in prompts]
 
     def _stacks(self, rows: list[tuple[LowRankDelta, ...]]) -> dict[str, Any]:
         """The rows' deltas stacked per module (see :func:`editing.hooks.stack_row_deltas`); {} when none."""
@@ -150,6 +153,7 @@ class BatchDecoder:
         result holds their replies too. A joined row gives the tokens it would alone, like every row.
         """
         rows = _check_batch(prompts, deltas_per_row)
+        prompts = self._on_model(prompts)
         lengths = [ids.shape[1] for ids in prompts]
         input_ids, pads = _left_pad(prompts, self._pad_id())
         width, device = input_ids.shape[1], input_ids.device
@@ -229,8 +233,7 @@ class BatchDecoder:
         """Prefill the joining prompts and add them to ``step``; the logits of every row and the new column."""
         prompts = [ids for ids, _ in joining]
         rows = _check_batch(prompts, [deltas for _, deltas in joining])
-        if step.keys.shape[1] and prompts[0].device != step.keys.device:
-            raise InvalidRequest(f"a joining prompt is on {prompts[0].device}, the batch on {step.keys.device}")
+        prompts = self._on_model(prompts)
         input_ids, pads = _left_pad(prompts, self._pad_id())
         new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs)
         width = input_ids.shape[1]

@@ -533,6 +533,7 @@ class Decoder:
 
         if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
             raise InvalidRequest(f"decoding takes one non-empty sequence, shape (1, T); got {tuple(input_ids.shape)}")
+        input_ids = input_ids.to(next(self.model.parameters()).device)  # a tokenizer's CPU ids, a model on any device
         device, prompt_len = input_ids.device, input_ids.shape[1]
         processors = _processors(settings)
         generator = None

@@ -17,6 +17,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -39,6 +40,14 @@ PACKAGED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "pllm-manifest.json"
 MANIFEST_VERSION = 1
 LOCK_TIMEOUT_S = 600.0
+
+
+# Keyword arguments for every ``from_pretrained`` of a model pllm runs. ``use_kernels=False``: transformers >= 5.20
+# "kernelizes" a loaded model with kernels fetched from the Hub by default (when the ``kernels`` package is installed,
+# which transformers requires); on CUDA, ``model.train()`` then looks for them again and fails offline ("Version 2 of
+# 'kernels-community/rotary' is not available in the local cache") — seen on the GPU machine, bench/gpu_check.sh.
+# pllm never downloads, and its own decode step does not use them.
+OFFLINE_LOAD: dict[str, Any] = {"local_files_only": True, "use_kernels": False}
 
 
 def locate_packaged_gguf() -> Path:
@@ -117,7 +126,7 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
     t0 = time.perf_counter()
     src, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32, use_kernels=False)
     # A GGUF-loaded model refuses save_pretrained ("quantized with gguf and is not serializable"):
     # rebuild a plain model from the same config and copy the dequantized weights into it.
     config = gguf_model.config

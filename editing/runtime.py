@@ -27,7 +27,7 @@ from editing.errors import InvalidRequest, ModelNotFound, StaleAdapter
 from editing.batch_decode import decode_batch
 from editing.batcher import RequestBatcher
 from editing.generation import GenerationSettings, decode_stream
-from editing.model_cache import ensure_converted, locate_packaged_gguf
+from editing.model_cache import OFFLINE_LOAD, ensure_converted, locate_packaged_gguf
 from editing.compute import COMPUTE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,7 +144,7 @@ class LocalModel:
         plan = choose_device(config.device, config.dtype)
         t0 = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=plan.dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=plan.dtype, **OFFLINE_LOAD)
         model.to(plan.device).eval()
         log.info("loaded %s on %s in %.2f s", model_id, plan.describe(), time.perf_counter() - t0)
         local = cls(model, tokenizer, model_id=model_id, plan=plan, source=source)

@@ -26,12 +26,22 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get("PLLM_TEST_MODEL_CACHE", REPO / ".pllm-test-cache" / "models"))
 
 
+# PLLM_TEST_DEVICE=cuda (or any torch device) runs the tiny-model tests there (tests/editing/conftest.py) and loads
+# the real model there too. It is how the editing code is checked on a GPU machine: bench/gpu_check.sh.
+TEST_DEVICE = os.environ.get("PLLM_TEST_DEVICE") or None
+
+
 @pytest.fixture(scope="session")
 def local_model(model_cache_dir: Path):  # -> editing.LocalModel
     """The real default chat model (SmolLM2-135M-Instruct), loaded once."""
-    from editing import LocalModel, RuntimeConfig
+    from editing import LocalModel, ModelNotFound, RuntimeConfig
 
-    return LocalModel.load(RuntimeConfig(cache_dir=model_cache_dir))
+    try:
+        return LocalModel.load(RuntimeConfig(cache_dir=model_cache_dir, device=TEST_DEVICE))
+    except ModelNotFound as exc:
+        if TEST_DEVICE is None:  # the normal suite needs the real model: `make install` puts it there
+            raise
+        pytest.skip(f"PLLM_TEST_DEVICE={TEST_DEVICE} and the packaged model is not installed here: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,7 @@ def fused_decode(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
             row_prompts.append(ids)
             rows.append(tuple(base[g]) + tuple(deltas))
     decoder = BatchDecoder(model, tokenizer)
+    row_prompts = decoder._on_model(row_prompts)  # a tokenizer's CPU ids, a model on any device
     input_ids, pads = _left_pad(row_prompts, decoder._pad_id())
     width, device = input_ids.shape[1], input_ids.device
     processors = _processors(settings)

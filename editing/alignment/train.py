@@ -70,6 +70,7 @@ def train_pole(model_folder: str | Path, tokenizer: "PreTrainedTokenizerBase", p
     from trl import DPOConfig, DPOTrainer
 
     from editing.device import choose_device
+    from editing.model_cache import OFFLINE_LOAD
 
     config = config or PoleTrainConfig()
     if len(pairs) < 2:
@@ -82,7 +83,7 @@ def train_pole(model_folder: str | Path, tokenizer: "PreTrainedTokenizerBase", p
     plan = choose_device(device)
     on_cpu = plan.device.type == "cpu"
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=plan.dtype, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=plan.dtype, **OFFLINE_LOAD)
     lora = LoraConfig(r=config.r, lora_alpha=config.alpha, target_modules=list(config.target_modules), lora_dropout=0.0,
                       bias="none", task_type="CAUSAL_LM")
     t0 = time.perf_counter()

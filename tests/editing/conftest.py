@@ -6,6 +6,7 @@ update, the hooks); the real-model behaviour is tested on SmolLM2 itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +16,17 @@ import torch
 
 @pytest.fixture(scope="session")
 def smol_tokenizer(model_cache_dir: Path):  # -> PreTrainedTokenizerBase
-    """The SmolLM2 tokenizer, from the converted model cache (built on first use)."""
+    """The SmolLM2 tokenizer, from the converted model cache (built on first use).
+
+    ``PLLM_TEST_TOKENIZER=FOLDER`` takes it from a folder instead (a machine without the packaged model, e.g. the
+    GPU machine of bench/gpu_check.sh, where only the tokenizer files travel).
+    """
     from transformers import AutoTokenizer
 
     from editing import ensure_converted, locate_packaged_gguf
 
+    if os.environ.get("PLLM_TEST_TOKENIZER"):
+        return AutoTokenizer.from_pretrained(os.environ["PLLM_TEST_TOKENIZER"], local_files_only=True)
     folder = ensure_converted(locate_packaged_gguf(), model_cache_dir)
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
@@ -31,9 +38,11 @@ def _tiny(kind: str, vocab_size: int) -> torch.nn.Module:
     if kind == "llama":
         config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                              num_key_value_heads=2, vocab_size=vocab_size)
-        return LlamaForCausalLM(config)
-    config = GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=256, vocab_size=vocab_size)
-    return GPT2LMHeadModel(config)
+        model = LlamaForCausalLM(config)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=256, vocab_size=vocab_size))
+    # Built on the CPU (the same random weights everywhere), then moved: PLLM_TEST_DEVICE=cuda runs these tests there.
+    return model.to(os.environ.get("PLLM_TEST_DEVICE") or "cpu")
 
 
 @pytest.fixture()
@@ -72,7 +81,7 @@ TINY_VALUE = dict(v_num_grad_steps=40, v_lr=0.5, v_weight_decay=0.0, clamp_norm_
 
 def greedy_next(model: torch.nn.Module, tokenizer, text: str, n: int = 1) -> str:
     """The greedy continuation of ``text`` (``n`` tokens), decoded."""
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
                              pad_token_id=tokenizer.eos_token_id)

@@ -66,7 +66,7 @@ def test_saved_folder_is_a_peft_adapter_with_the_same_logits_as_the_hooks(tiny_l
     assert meta["base_model_id"] == "tiny" and meta["format"] == 1 and meta["extra"] == {"edits": 8}
 
     peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "a")).eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1)).to(model.device)
     with torch.no_grad():
         expected = peft_model(ids).logits
         with apply_deltas(model, deltas):
@@ -286,7 +286,7 @@ def test_layers_combine_exactly_as_peft_cat(tiny_llama, tmp_path: Path) -> None:
     store = AdapterStore(tmp_path / "adapters")
     store.publish("ann", edits + style, base_model_id="tiny")
     view = store.view("ann", base_model_id="tiny")
-    ids = torch.randint(0, 100, (1, 12), generator=gen)
+    ids = torch.randint(0, 100, (1, 12), generator=gen).to(model.device)
     with torch.no_grad(), apply_deltas(model, view.deltas):
         ours = model(ids).logits
 

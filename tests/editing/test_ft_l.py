@@ -98,7 +98,7 @@ def test_the_shared_chat_prefix_computed_once_gives_the_same_scores(tiny_llama, 
     model = tiny_llama.eval()
     prefix = chat_prefix_ids(smol_tokenizer)
     assert len(prefix) > 5  # SmolLM2's template opens every chat with its default system turn
-    chat, plain = training_rows(smol_tokenizer, REQUEST, include_plain=True, device=torch.device("cpu"),
+    chat, plain = training_rows(smol_tokenizer, REQUEST, include_plain=True, device=model.device,
                                 prefix=prefix)
     assert chat.prefix is not None and chat.ids.shape[0] == 2 and plain.prefix is None
     modules = ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"]

@@ -130,10 +130,19 @@ def test_corrupt_cache_is_detected_and_rebuilt(model_cache_dir: Path, local_mode
     torch.testing.assert_close(a, b)
 
 
-def test_interrupted_conversion_leaves_no_valid_looking_cache(model_cache_dir: Path, tmp_path: Path) -> None:
+def test_interrupted_conversion_leaves_no_valid_looking_cache(model_cache_dir: Path, local_model: LocalModel,
+                                                             tmp_path: Path) -> None:
+    # local_model: the converted cache exists (and the test skips where the packaged model is absent)
     gguf = locate_packaged_gguf()
     folder = cached_folder_for(gguf, tmp_path)
     shutil.copytree(cached_folder_for(gguf, model_cache_dir), folder)
     (folder / "pllm-manifest.json").unlink()  # the manifest is written last: without it, the folder is incomplete
     assert not cache_state(folder).valid
     assert "manifest" in cache_state(folder).reason
+
+
+def test_the_model_is_loaded_without_hub_kernels(local_model: LocalModel) -> None:
+    # transformers kernelizes a loaded model with kernels from the Hub by default; on CUDA its train() then looks
+    # them up again and fails offline (seen on the GPU machine: every adapter refresh and pole training crashed).
+    assert local_model.model.use_kernels is False
+    assert local_model.model.kernels_mode is None

@@ -43,11 +43,11 @@ def test_corpus_statistics_equal_the_mean_outer_product_of_the_keys(tiny_llama, 
                           corpus=corpus, seq_len=32, batch_size=2)
     c = stats.second_moment(MODULES[0], n_tokens=64)
     ids = smol_tokenizer(corpus.read_text(), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids = ids[0, :64].reshape(2, 32)  # the corpus is read in windows of seq_len tokens
+    ids = ids[0, :64].reshape(2, 32).to(tiny_llama.device)  # the corpus is read in windows of seq_len tokens
     tiny_llama.eval()
     with torch.no_grad(), capture(tiny_llama, MODULES[0]) as seen:
         tiny_llama(input_ids=ids)
-    keys = seen[0].flatten(0, 1).double()  # (64, 128)
+    keys = seen[0].flatten(0, 1).double().cpu()  # (64, 128)
     assert torch.allclose(c.double(), keys.T @ keys / keys.shape[0], atol=1e-6)
     assert stats.corpus_tag() != "generated" and stats.path_for(MODULES[0], 64).is_file()
 
