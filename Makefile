@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean gpu-check-prep
 
 install: $(STAMP)
 
@@ -30,6 +30,24 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# What bench/gpu_check.sh needs on a GPU machine that has no package index: the SmolLM2 config and tokenizer
+# (the model is rebuilt there with random weights) and wheels of the library versions pllm is tested with.
+GPU_DIR ?= .gpu
+GPU_WHEELS := transformers==5.25.0 huggingface_hub==2.4.0 pydantic==2.14.4
+GPU_WHEELS_NODEPS := peft==0.21.2 accelerate==1.16.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+GPU_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-check-prep: $(STAMP)
+	mkdir -p $(GPU_DIR)/smol $(GPU_DIR)/whl
+	$(PY) -c "from editing import RuntimeConfig, ensure_converted, locate_packaged_gguf; import shutil; \
+	f = ensure_converted(locate_packaged_gguf(), RuntimeConfig().cache_dir); \
+	[shutil.copy(f / n, '$(GPU_DIR)/smol') for n in ('config.json', 'tokenizer.json', 'tokenizer_config.json', \
+	'chat_template.jinja', 'generation_config.json') if (f / n).exists()]"
+	$(PY) -m pip download -q $(GPU_PLATFORM) -d $(GPU_DIR)/whl $(GPU_WHEELS)
+	$(PY) -m pip download -q --no-deps $(GPU_PLATFORM) -d $(GPU_DIR)/whl $(GPU_WHEELS_NODEPS)
+	rm -f $(GPU_DIR)/whl/numpy-*.whl  # the GPU machine's own numpy serves its torch
+	du -sh $(GPU_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .pllm-test-cache

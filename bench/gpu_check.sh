@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The device check: pllm's model-level code on a GPU, in one short run (the GPU machine is lent for minutes).
+#
+#   bench/gpu_check.sh [DIR]      (DIR: default .gpu; logs go to $OUT, default /tmp/pllm-gpu-check)
+#
+# DIR holds what travels with the repo: smol/ (the SmolLM2 config and tokenizer files: the packaged model itself
+# is too big to travel) and optionally whl/ (wheels of the versions pllm is tested with, installed to /tmp/site).
+# Prepare it on the dev machine with `make gpu-check-prep`. Steps, each with its own log and time limit:
+#   build          a model of SmolLM2-135M's architecture with random weights (bench/tiny_model.py)
+#   pytest         the editing tests' tiny models on the device (PLLM_TEST_DEVICE); real-model tests skip
+#   adapter_speed  refresh, batched per-user decoding, switching (bench/adapter_speed.py) on the random model
+#   adapter_speed_16  the same batching with 16 users in one batch
+#   generate       the fast decode step with a 50-edit user vs the base model (bench/generate.py)
+# DEVICE=cpu runs the same steps on the CPU (a dry run of this script); LIMIT (s) bounds each step; STEPS="build
+# pytest" runs only those.
+set -uo pipefail
+DIR=${1:-.gpu}
+OUT=${OUT:-/tmp/pllm-gpu-check}
+DEVICE=${DEVICE:-cuda}
+LIMIT=${LIMIT:-200}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False
+if ls "$DIR"/whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$DIR"/whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__,
+'peft', peft.__version__, 'cuda', torch.cuda.is_available(), 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported())"
+} 2>&1 | tee "$OUT/env.txt"
+
+step() {
+  local name=$1; shift
+  [[ " ${STEPS:-build pytest adapter_speed adapter_speed_16 generate} " == *" $name "* ]] || return 0
+  local t0=$SECONDS
+  timeout "$LIMIT" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc, $((SECONDS - t0)) s"
+  tail -n "${TAIL:-12}" "$OUT/$name.log"
+}
+
+MODEL=/tmp/pllm-random-smol
+step build "$PY" bench/tiny_model.py --like "$DIR/smol" --out "$MODEL" --json
+TAIL=25 step pytest env PLLM_TEST_DEVICE="$DEVICE" PLLM_TEST_TOKENIZER="$DIR/smol" \
+  "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rfE tests/editing
+step adapter_speed "$PY" bench/adapter_speed.py --model "$MODEL" --device "$DEVICE" --repeats 3 ${ADAPTER_ARGS:-} --json
+step adapter_speed_16 "$PY" bench/adapter_speed.py --model "$MODEL" --device "$DEVICE" --users 16 --refresh-turns 0 \
+  --repeats 3 ${ADAPTER_ARGS:-} --json
+step generate "$PY" bench/generate.py --model "$MODEL" --device "$DEVICE" ${GENERATE_ARGS:-} --json
