@@ -408,19 +408,19 @@ def open_user_data(settings: "Settings", *, embedder: "Embedder | None" = None, 
     ``read_only=True`` opens the memory read-only (no writer lock: works while a chat holds the home);
     export works then, import and forget are refused by the memory."""
     from agent.graph import close_checkpointer, make_checkpointer
-    from agent.threads import ThreadRegistry
+    from agent.threads import open_registry
     from memory.service import Memory
 
     memory = Memory(settings.memory_config(), embedder=embedder, read_only=read_only)
     try:
-        registry = ThreadRegistry.under(settings.home)
+        checkpointer = make_checkpointer(settings.home, settings.postgres_url)  # first: it explains a bad URL
     except BaseException:
         memory.close()
         raise
     try:
-        checkpointer = make_checkpointer(settings.home, settings.postgres_url)
+        registry = open_registry(settings.home, settings.postgres_url)
     except BaseException:
-        registry.close()
+        close_checkpointer(checkpointer)
         memory.close()
         raise
     from agent.jobs import JobStore

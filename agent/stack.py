@@ -107,7 +107,7 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     from agent.jobs import JobStore
     from agent.model_level import ModelPart, adapter_store
     from agent.policy import UpdateWorker
-    from agent.threads import ThreadRegistry
+    from agent.threads import open_registry
     from editing import LocalModel
     from memory.service import Memory
 
@@ -134,8 +134,13 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
         raise
     jobs = JobStore.under(settings.home)
     worker = UpdateWorker(clock=memory.clock, store=jobs, outbox=memory.graph.log_after)
-    agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=ThreadRegistry.under(settings.home),
-                          store=store, worker=worker)
+    try:
+        threads = open_registry(settings.home, settings.postgres_url)
+    except BaseException:
+        close_checkpointer(checkpointer)
+        memory.close()
+        raise
+    agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=threads, store=store, worker=worker)
     agent.user_data.register(ModelPart(settings.home, jobs))
     if isinstance(chat_model, PllmChatModel) and not settings.model_updates:
         agent.capability_note = MODEL_UPDATES_OFF

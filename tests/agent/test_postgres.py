@@ -18,7 +18,7 @@ import pytest
 
 from agent import CheckpointerUnavailable
 from agent.graph import checkpoint_serde, close_checkpointer, make_checkpointer
-from agent.threads import thread_id_for
+from agent.threads import PostgresThreadRegistry, ThreadRegistry, thread_id_for
 from memory.retrieval import Recollection
 from tests.agent.pg_server import PostgresServer, PostgresUnavailable, _free_port, start
 from tests.agent.stacks import make_stack  # noqa: F401 - fixture
@@ -62,6 +62,7 @@ def test_a_conversation_survives_a_restart_with_its_checkpoints_in_postgres(make
     stack = make_stack(home=home, postgres_url=postgres_url)
     assert type(stack.agent.graph.checkpointer).__name__ == "PostgresSaver"
     assert not (home / "checkpoints.sqlite").exists()  # the threads are not in SQLite
+    assert not (home / "threads.sqlite").exists()  # nor is the registry of who owns them
     first = stack.agent.chat("ana", "I live in Lisbon.", session_id="s1")
     second = stack.agent.chat("ana", "Which city do I live in?", session_id="s1")
     stack.close()
@@ -111,6 +112,48 @@ def test_export_and_forget_reach_the_threads_in_postgres(make_stack, postgres_ur
     assert _rows(postgres_url, thread_id_for("bob", "s1"))["checkpoints"] >= 1
     assert _texts(agent.last_turn("bob", "s1"))[0] == "I live in Oslo."
     assert [s["session_id"] for s in agent.export("bob")["parts"]["threads"]["sessions"]] == ["s1"]
+
+
+def test_every_process_on_the_database_sees_the_same_thread_registry(postgres_url: str, tmp_path: Path) -> None:
+    """Two pllm processes (two homes, two machines) on one database: a thread one opens, the other lists, and a
+    forget through either removes it for both — a registry on each machine's disk would miss the other's."""
+    one = PostgresThreadRegistry(postgres_url, home=tmp_path / "one")
+    two = PostgresThreadRegistry(postgres_url, home=tmp_path / "two")
+    try:
+        ana_s1 = one.open_thread("ana", "s1")
+        assert two.open_thread("ana", "s2") != ana_s1
+        assert one.open_thread("ana", "s1") == ana_s1  # opening again records nothing new
+        one.open_thread("bob:x", "s")
+        two.open_thread("bob", "x:s")  # the pair that once shared a thread
+        assert [(r.user_id, r.session_id) for r in two.of_user("ana")] == [("ana", "s1"), ("ana", "s2")]
+        assert [r.session_id for r in one.of_user("bob")] == ["x:s"]
+        assert two.owner(ana_s1).user_id == "ana"
+        assert two.remove([r.thread_id for r in two.of_user("ana")]) == 2
+        assert one.of_user("ana") == [] and one.owner(ana_s1) is None
+        assert [r.user_id for r in one.of_user("bob:x")] == ["bob:x"]
+    finally:
+        one.close()
+        two.close()
+    reopened = PostgresThreadRegistry(postgres_url)
+    assert [r.session_id for r in reopened.of_user("bob")] == ["x:s"]  # the rows outlive the processes
+    reopened.close()
+    assert not list(tmp_path.rglob("threads.sqlite"))
+
+
+def test_a_registry_kept_on_disk_before_moves_into_postgres_once(postgres_url: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    old = ThreadRegistry.under(home)
+    first = old.open_thread("ana", "s1")
+    old.open_thread("ana", "s2")
+    old.close()
+    registry = PostgresThreadRegistry(postgres_url, home=home)
+    assert [r.session_id for r in registry.of_user("ana")] == ["s1", "s2"]  # no thread lost its owner
+    assert not (home / "threads.sqlite").exists() and (home / "threads.sqlite.moved-to-postgres").is_file()
+    registry.remove([first])  # e.g. forgotten later: the moved file must not bring it back
+    registry.close()
+    again = PostgresThreadRegistry(postgres_url, home=home)
+    assert [r.session_id for r in again.of_user("ana")] == ["s2"]
+    again.close()
 
 
 def test_the_saver_serves_several_threads_at_once(postgres_url: str, tmp_path: Path) -> None:
