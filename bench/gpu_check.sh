@@ -10,6 +10,7 @@
 #   pytest         the editing tests' tiny models on the device (PLLM_TEST_DEVICE); real-model tests skip
 #   adapter_speed  refresh, batched per-user decoding, switching (bench/adapter_speed.py) on the random model
 #   adapter_speed_16  the same batching with 16 users in one batch
+#   edit           a user's facts edited into their model, published, served; one edit per method (gpu_edit.py)
 #   generate       the fast decode step with a 50-edit user vs the base model (bench/generate.py)
 # DEVICE=cpu runs the same steps on the CPU (a dry run of this script); LIMIT (s) bounds each step; STEPS="build
 # pytest" runs only those.
@@ -34,7 +35,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 step() {
   local name=$1; shift
-  [[ " ${STEPS:-build pytest adapter_speed adapter_speed_16 generate} " == *" $name "* ]] || return 0
+  [[ " ${STEPS:-build pytest adapter_speed adapter_speed_16 edit generate} " == *" $name "* ]] || return 0
   local t0=$SECONDS
   timeout "$LIMIT" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
@@ -49,4 +50,5 @@ TAIL=25 step pytest env PLLM_TEST_DEVICE="$DEVICE" PLLM_TEST_TOKENIZER="$DIR/smo
 step adapter_speed "$PY" bench/adapter_speed.py --model "$MODEL" --device "$DEVICE" --repeats 3 ${ADAPTER_ARGS:-} --json
 step adapter_speed_16 "$PY" bench/adapter_speed.py --model "$MODEL" --device "$DEVICE" --users 16 --refresh-turns 0 \
   --repeats 3 ${ADAPTER_ARGS:-} --json
+step edit "$PY" bench/gpu_edit.py --model "$MODEL" --device "$DEVICE" --no-check --json
 step generate "$PY" bench/generate.py --model "$MODEL" --device "$DEVICE" ${GENERATE_ARGS:-} --json

@@ -152,13 +152,14 @@ def _norm(delta: LowRankDelta) -> torch.Tensor:
 
 def _preserve_penalty(model: "PreTrainedModel", deltas: Sequence[LowRankDelta],
                       preserve: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    total = torch.zeros(())
+    total = torch.zeros((), device=deltas[0].A.device) if deltas else torch.zeros(())
     for d in deltas:
         keys = preserve.get(d.module)
         if keys is None or len(keys) == 0:
             continue
-        k = keys.to(d.A.device, d.A.dtype)  # (m, in)
-        base = (k @ find_module(model, d.module).weight.detach().T).norm(dim=1) ** 2  # (m,)
+        k = keys.to(d.A.device, d.A.dtype)  # (m, in), the deltas' dtype (fp32)
+        weight = find_module(model, d.module).weight.detach()  # the model's dtype (bf16 on an accelerator)
+        base = (k.to(weight.dtype) @ weight.T).float().norm(dim=1) ** 2  # (m,)
         moved = ((k @ d.A.T) @ d.B.T).norm(dim=1) ** 2  # (m,)
         total = total + (moved / base.clamp(min=1e-6)).mean()
     return total

@@ -36,6 +36,20 @@ def test_ft_l_trains_only_its_deltas_and_leaves_the_model_as_it_was(tiny_llama, 
     assert set(result.keys) == {d.module for d in result.deltas}
 
 
+def test_a_bf16_model_takes_a_later_edit_that_preserves_an_earlier_one(tiny_llama, smol_tokenizer) -> None:
+    # Found on the GPU machine, where the model runs in bf16: the penalty that keeps earlier edits' keys in place
+    # multiplied their fp32 keys by the bf16 weights ("expected mat1 and mat2 to have the same dtype").
+    model = tiny_llama.to(torch.bfloat16)
+    [first] = compute_ft_l(model, smol_tokenizer, [REQUEST], FTLHyperParams(**TINY))
+    band = EditRequest(prompt="{} is", subject="My favorite band", target_new="Muse", answer_prefix="Your favorite band is",
+                       chat_questions=("What's my favorite band?",), key="user|favorite|band")
+    with apply_deltas(model, first.deltas):
+        [second] = compute_ft_l(model, smol_tokenizer, [band], FTLHyperParams(**{**TINY, "preserve_weight": 1.0}),
+                                preserve=first.keys)
+    assert second.metrics["nll_after"] < second.metrics["nll_before"]
+    assert all(torch.isfinite(d.A).all() and torch.isfinite(d.B).all() for d in second.deltas)
+
+
 def test_the_norm_clamp_bounds_the_delta(tiny_llama, smol_tokenizer) -> None:
     hp = FTLHyperParams(**{**TINY, "max_norm_factor": 1e-3})
     [result] = compute_ft_l(tiny_llama, smol_tokenizer, [REQUEST], hp)
