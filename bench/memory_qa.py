@@ -16,6 +16,11 @@ Systems (same model, same generation settings, same run):
 
 * ``pllm``         — ``Memory.recall`` → :func:`agent.prompt.build_prompt` (the respond node's path) → generate;
 * ``no_memory``    — the question alone;
+* ``pllm_model``   — pllm's prompt answered by the user's own model: before the questions, each asked user's current
+                     facts are written into their model by :class:`editing.personal.KnowledgeEditor` (the default
+                     method, its check on, as the model-update worker does), and the reply runs with their
+                     published adapter. Opt-in (``--systems``): about half a minute per fact on a 2-core CPU;
+                     synthetic users only;
 * ``full_context`` — the whole history before the question, cut from the oldest to fit: as chat messages
   for the synthetic users (budget ``--full-budget``, 1536 tokens, the same as pllm's prompt budget);
   for LoCoMo as one quoted transcript of at most ``--locomo-budget`` (3000) prompt tokens — SmolLM2's
@@ -49,7 +54,8 @@ from bench._common import emit_json, parser, print_table  # noqa: E402
 from bench._data import DEFAULT_DATA, LocomoConversation, load_locomo, parse_overrides, require  # noqa: E402
 from bench._synth_users import SynthUser, contains_value, make_users  # noqa: E402
 
-SYSTEMS = ("pllm", "no_memory", "full_context")
+SYSTEMS = ("pllm", "pllm_model", "no_memory", "full_context")
+DEFAULT_SYSTEMS = ("pllm", "no_memory", "full_context")
 LOCOMO_CATS = (1, 2, 3, 4)
 
 # --------------------------------------------------------------------------- LoCoMo's token F1
@@ -98,21 +104,41 @@ class Runner:
 
     def __init__(self, local: Any, memory: Any, settings: Any, hint: str, full_budget: int) -> None:
         self.local, self.memory, self.settings, self.hint, self.full_budget = local, memory, settings, hint, full_budget
+        self.views: dict[str, Any] = {}  # user → their published adapter view (pllm_model)
+        self.edit_report: dict[str, Any] = {"facts": 0, "edits": 0, "rejected": 0, "seconds": 0.0}
 
-    def ask(self, turns: list[dict[str, str]]) -> str:
-        return self.local.generate(turns, self.settings).strip()
+    def ask(self, turns: list[dict[str, str]], view: Any = None) -> str:
+        return self.local.generate(turns, self.settings, view=view).strip()
+
+    def write_facts(self, users: Sequence[str], home: Path) -> None:
+        """Each user's current facts into their own model, as the model-update worker's fact job does."""
+        from editing import AdapterStore
+        from editing.personal import KnowledgeEditor, private_copy
+        from editing.user_edits import EditRegistry
+
+        adapters = AdapterStore(home / "adapters")
+        editor = KnowledgeEditor(private_copy(self.local), EditRegistry(home), adapters)
+        for user in users:
+            facts = self.memory.facts(user)
+            report = editor.sync(user, facts)
+            self.edit_report["facts"] += len(facts)
+            self.edit_report["edits"] += len(report.added)
+            self.edit_report["rejected"] += len(report.rejected)
+            self.edit_report["seconds"] += report.seconds
+            if report.version is not None or adapters.versions(user):
+                self.views[user] = adapters.view(user, base_model_id=self.local.model_id)
 
     def _q(self, question: str) -> str:
         return f"{question}\n{self.hint}" if self.hint else question
 
-    def pllm(self, user: str, question: str, layout: Any) -> str:
+    def pllm(self, user: str, question: str, layout: Any, view: Any = None) -> str:
         from agent.chat_model import to_chat_turns
         from agent.prompt import build_prompt
 
         rec = self.memory.recall(user, question)
         built = build_prompt(user_id=user, message=question, recollection=rec, history=[],
                              count_tokens=self.local.count_tokens, now=self.memory.clock.now(), layout=layout)
-        return self.ask(to_chat_turns(built.messages))
+        return self.ask(to_chat_turns(built.messages), view)
 
     def no_memory(self, question: str) -> str:
         return self.ask([{"role": "user", "content": self._q(question)}])
@@ -148,7 +174,8 @@ class Runner:
 
 
 def run_synthetic(runner: Runner, users: Sequence[SynthUser], layouts: dict[str, Any], systems: Sequence[str],
-                  limit: int | None, log: Callable[[str], None]) -> tuple[dict[str, list[bool]], list[dict[str, Any]]]:
+                  limit: int | None, log: Callable[[str], None],
+                  edits_home: Path | None = None) -> tuple[dict[str, list[bool]], list[dict[str, Any]]]:
     """Store every user's turns, then ask the questions → ({row: [correct, ...]}, per-question records)."""
     clock = runner.memory.clock
     start = clock.now()
@@ -161,10 +188,18 @@ def run_synthetic(runner: Runner, users: Sequence[SynthUser], layouts: dict[str,
     scores: dict[str, list[bool]] = {}
     records = []
     questions = [(u, q) for u in users for q in u.questions][: limit or None]
+    from agent.prompt import PromptLayout
+
+    if "pllm_model" in systems:
+        asked = list(dict.fromkeys(u.user_id for u, _ in questions))
+        runner.write_facts(asked, edits_home or Path(tempfile.mkdtemp(prefix="pllm-memqa-edits-")))
+        log(f"  edits: {runner.edit_report}")
     for n, (u, q) in enumerate(questions, 1):
         replies: dict[str, str] = {}
         for name, layout in layouts.items():
             replies[name] = runner.pllm(u.user_id, q.text, layout)
+        if "pllm_model" in systems:
+            replies["pllm_model"] = runner.pllm(u.user_id, q.text, PromptLayout(), runner.views.get(u.user_id))
         if "no_memory" in systems:
             replies["no_memory"] = runner.no_memory(q.text)
         if "full_context" in systems:
@@ -230,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--variant", action="append", default=[], metavar="NAME:k=v,...",
                    help="another pllm row with PromptLayout overrides, e.g. after:notes_at=after")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="which of pllm,no_memory,full_context to run")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"which of {','.join(SYSTEMS)} to run (pllm_model: opt-in, it edits the model)")
     p.add_argument("--cache-dir", default="/tmp/pllm-models", help="converted-model cache")
     p.add_argument("--verbose", action="store_true", help="print every question and verdict (stderr)")
     args = p.parse_args(argv)
@@ -262,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Memory(MemoryConfig(home=Path(home)), embedder=MiniLMEmbedder(), clock=ManualClock(utc(2026, 1, 5, 9))) as mem:
             runner = Runner(local, mem, settings, layout.answer_hint, args.full_budget)
             users = make_users(args.users, args.seed)
-            synth, _ = run_synthetic(runner, users, layouts, systems, args.limit, log)
+            synth, _ = run_synthetic(runner, users, layouts, systems, args.limit, log, Path(home) / "model")
             t_synth = time.perf_counter() - t0
             loc: dict[str, list[float]] = {}
             if args.locomo_limit:
@@ -279,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ["system", "F1"], [(row, f"{v:.3f}") for row, v in f1.items()])
     if args.json:
         emit_json({**{row: acc.get(row) for row in SYSTEMS}, "locomo_f1": {row: f1.get(row) for row in SYSTEMS},
-                   "variants": {k: v for k, v in acc.items() if k.startswith("pllm_")},
+                   "variants": {k: v for k, v in acc.items() if k.startswith("pllm_") and k not in SYSTEMS},
+                   "edits": {k: round(v, 1) if isinstance(v, float) else v for k, v in runner.edit_report.items()}
+                   if "pllm_model" in systems else None,
                    "n_synthetic": n_q, "n_locomo": len(next(iter(loc.values()), [])), "seed": args.seed,
                    "max_new_tokens": args.max_new_tokens, "seconds": round(time.perf_counter() - t0)})
     return 0
