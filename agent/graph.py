@@ -31,7 +31,7 @@ from agent.nodes import (
 )
 from agent.policy import DefaultPolicy, UpdatePolicy, UpdateWorker
 from agent.prompt import PromptBudget
-from agent.threads import ThreadRegistry, thread_id_for
+from agent.threads import ThreadRegistry, open_registry, thread_id_for
 from memory.errors import InvalidInput
 from memory.validation import check_user_id, clean_text
 
@@ -165,6 +165,17 @@ def close_checkpointer(saver: "BaseCheckpointSaver") -> None:
     conn = getattr(saver, "conn", None)
     if conn is not None and hasattr(conn, "close"):
         conn.close()
+
+
+def open_threads(home: Path, postgres_url: str | None = None) -> tuple["BaseCheckpointSaver", ThreadRegistry]:
+    """A home's conversation threads: the checkpointer (:func:`make_checkpointer`, first: it explains a bad or
+    unreachable URL) and the registry of their owners (:func:`agent.threads.open_registry`, in the same place)."""
+    checkpointer = make_checkpointer(home, postgres_url)
+    try:
+        return checkpointer, open_registry(home, postgres_url)
+    except BaseException:
+        close_checkpointer(checkpointer)
+        raise
 
 
 def build_graph(memory: "Memory", chat_model: BaseChatModel, *, count_tokens: Callable[[str], int],

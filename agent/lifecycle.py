@@ -407,20 +407,13 @@ def open_user_data(settings: "Settings", *, embedder: "Embedder | None" = None, 
 
     ``read_only=True`` opens the memory read-only (no writer lock: works while a chat holds the home);
     export works then, import and forget are refused by the memory."""
-    from agent.graph import close_checkpointer, make_checkpointer
-    from agent.threads import open_registry
+    from agent.graph import close_checkpointer, open_threads
     from memory.service import Memory
 
     memory = Memory(settings.memory_config(), embedder=embedder, read_only=read_only)
     try:
-        checkpointer = make_checkpointer(settings.home, settings.postgres_url)  # first: it explains a bad URL
+        checkpointer, registry = open_threads(settings.home, settings.postgres_url)
     except BaseException:
-        memory.close()
-        raise
-    try:
-        registry = open_registry(settings.home, settings.postgres_url)
-    except BaseException:
-        close_checkpointer(checkpointer)
         memory.close()
         raise
     from agent.jobs import JobStore

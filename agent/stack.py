@@ -103,16 +103,20 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     is given. ``store``: a LangGraph store compiled into the graph, its ``("users", user_id)`` namespaces
     part of each user's data."""
     from agent.chat_model import PllmChatModel
-    from agent.graph import PersonalAgent, close_checkpointer, make_checkpointer
+    from agent.graph import PersonalAgent, close_checkpointer, open_threads
     from agent.jobs import JobStore
     from agent.model_level import ModelPart, adapter_store
     from agent.policy import UpdateWorker
-    from agent.threads import open_registry
     from editing import LocalModel
     from memory.service import Memory
 
     # First: an unreachable PLLM_POSTGRES_URL fails at once, before the memory is opened or the model loaded.
-    checkpointer = make_checkpointer(settings.home, settings.postgres_url)
+    checkpointer, threads = open_threads(settings.home, settings.postgres_url)
+
+    def close_threads() -> None:
+        close_checkpointer(checkpointer)
+        threads.close()
+
     try:
         if embedder is None:  # embeddings on the compute thread the chat model decodes on (editing.compute)
             from editing.compute import COMPUTE
@@ -121,7 +125,7 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
             embedder = MiniLMEmbedder(runner=lambda fn, texts: COMPUTE.call(fn, texts, short=True))
         memory = Memory(memory_config or settings.memory_config(), clock=clock, embedder=embedder)
     except BaseException:
-        close_checkpointer(checkpointer)
+        close_threads()
         raise
     try:
         if chat_model is None:
@@ -129,17 +133,11 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
             chat_model = PllmChatModel(local=local, settings=generation or settings.generation(),
                                        adapters=adapter_store(settings.home))
     except BaseException:
-        close_checkpointer(checkpointer)
+        close_threads()
         memory.close()
         raise
     jobs = JobStore.under(settings.home)
     worker = UpdateWorker(clock=memory.clock, store=jobs, outbox=memory.graph.log_after)
-    try:
-        threads = open_registry(settings.home, settings.postgres_url)
-    except BaseException:
-        close_checkpointer(checkpointer)
-        memory.close()
-        raise
     agent = PersonalAgent(memory, chat_model, checkpointer=checkpointer, threads=threads, store=store, worker=worker)
     agent.user_data.register(ModelPart(settings.home, jobs))
     if isinstance(chat_model, PllmChatModel) and not settings.model_updates:

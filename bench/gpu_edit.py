@@ -50,7 +50,7 @@ def main() -> None:
     facts = [SimpleNamespace(id=f"fact_{i}", subject="user", relation=r, category=c, object=o, kind="fact",
                              confidence=0.9, valid_to=None) for i, (r, c, o) in enumerate(FACTS[: args.facts])]
     settings = GenerationSettings(max_new_tokens=12)
-    rows, timings = [], {}
+    rows, timings, deltas_on = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="pllm-gpu-edit-") as home:
         adapters = AdapterStore(Path(home) / "adapters")
         editor = KnowledgeEditor(lm, EditRegistry(Path(home)), adapters, check=not args.no_check)
@@ -71,18 +71,17 @@ def main() -> None:
             if lm.plan.device.type == "cuda":
                 torch.cuda.synchronize()
             timings[name] = time.perf_counter() - t0
-            timings[f"{name}_deltas_on"] = str(result.deltas[0].A.device)
+            deltas_on[name] = str(result.deltas[0].A.device)
     print(f"device {lm.plan.describe()}, model {lm.model_id}; methods known: {sorted(METHODS)}")
     print(f"sync: {report.summary()}")
     print_table("the user's questions, base model vs the user's model", ["question", "fact", "base", "user's model"],
                 rows)
     print_table("one edit per method (no key statistics)", ["method", "s"],
-                [(k, f"{v:.2f}") for k, v in timings.items() if isinstance(v, float)])
+                [(k, f"{v:.2f}") for k, v in timings.items()])
     emit_json({"device": lm.plan.describe(), "added": len(report.added), "rejected": len(report.rejected),
                "version": report.version, "sync_s": round(report.seconds, 2),
                "rejected_notes": [r.note for r in report.rejected],
-               "s_per_edit": {k: round(v, 2) for k, v in timings.items() if isinstance(v, float)},
-               "deltas_on": {k.removesuffix("_deltas_on"): v for k, v in timings.items() if isinstance(v, str)},
+               "s_per_edit": {k: round(v, 2) for k, v in timings.items()}, "deltas_on": deltas_on,
                "answers": [{"q": q, "fact": f, "base": b, "user": u} for q, f, b, u in rows]})
 
 
