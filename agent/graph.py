@@ -31,7 +31,7 @@ from agent.nodes import (
 )
 from agent.policy import DefaultPolicy, UpdatePolicy, UpdateWorker
 from agent.prompt import PromptBudget
-from agent.threads import ThreadRegistry, open_registry, thread_id_for
+from agent.threads import ThreadRegistry, open_registry, pg_schema_lock, thread_id_for
 from memory.errors import InvalidInput
 from memory.validation import check_user_id, clean_text
 
@@ -132,29 +132,33 @@ def _postgres_checkpointer(url: str) -> "BaseCheckpointSaver":
     if "connect_timeout" not in given:
         kwargs["connect_timeout"] = _PG_CONNECT_TIMEOUT
     # One direct connection first: it fails with the server's own reason (refused, unknown database, bad
-    # password), where the pool would only time out.
+    # password), where the pool would only time out. It then holds pllm's schema lock while the saver creates
+    # or migrates its tables: replicas started together on an empty database would otherwise run the same
+    # CREATE TABLE IF NOT EXISTS at once, and one of them fails on a duplicate type. The lock goes with the
+    # connection.
     try:
-        with psycopg.connect(url, **kwargs):
-            pass
+        probe = psycopg.connect(url, **kwargs)
     except psycopg.Error as exc:
         raise CheckpointerUnavailable(f"cannot connect to the Postgres checkpointer of PLLM_POSTGRES_URL "
                                       f"({where}): {_sentence(exc)} {_PG_WHAT_TO_DO}.") from exc
-    # The saver holds its lock for every statement, so it never uses more than one connection at a time.
-    pool: ConnectionPool[Any] = ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=1, open=False,
-                                               check=ConnectionPool.check_connection, name="pllm-checkpoints",
-                                               num_workers=1)
-    try:
-        pool.open(wait=True, timeout=float(kwargs.get("connect_timeout") or given.get("connect_timeout") or 30))
-        saver = PostgresSaver(pool, serde=checkpoint_serde())
-        saver.setup()  # creates the tables, or migrates them to this version of the package
-    except (psycopg.Error, PoolTimeout) as exc:
-        pool.close()
-        raise CheckpointerUnavailable(f"the Postgres checkpointer of PLLM_POSTGRES_URL ({where}) could not be "
-                                      f"set up: {_sentence(exc)} The URL's user must be able to create tables in "
-                                      f"its database. {_PG_WHAT_TO_DO}.") from exc
-    except BaseException:
-        pool.close()
-        raise
+    with probe:
+        # The saver holds its lock for every statement, so it never uses more than one connection at a time.
+        pool: ConnectionPool[Any] = ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=1, open=False,
+                                                   check=ConnectionPool.check_connection, name="pllm-checkpoints",
+                                                   num_workers=1)
+        try:
+            with pg_schema_lock(probe):
+                pool.open(wait=True, timeout=float(kwargs.get("connect_timeout") or given.get("connect_timeout") or 30))
+                saver = PostgresSaver(pool, serde=checkpoint_serde())
+                saver.setup()  # creates the tables, or migrates them to this version of the package
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            pool.close()
+            raise CheckpointerUnavailable(f"the Postgres checkpointer of PLLM_POSTGRES_URL ({where}) could not be "
+                                          f"set up: {_sentence(exc)} The URL's user must be able to create tables "
+                                          f"in its database. {_PG_WHAT_TO_DO}.") from exc
+        except BaseException:
+            pool.close()
+            raise
     log.info("conversation threads in Postgres (%s)", where)
     return saver
 

@@ -23,6 +23,9 @@ import json
 import logging
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -119,6 +122,34 @@ CREATE TABLE IF NOT EXISTS pllm_threads (
 CREATE INDEX IF NOT EXISTS pllm_threads_by_user ON pllm_threads (user_id, seq);
 """
 _PG_COLUMNS = "thread_id, user_id, session_id, created_at"
+# The advisory-lock key under which pllm creates or migrates its tables in a Postgres database (the
+# checkpointer's and the registry's): CREATE TABLE IF NOT EXISTS run by two sessions at once can fail.
+PG_SCHEMA_LOCK = 0x706C6C6D  # "pllm"
+
+
+@contextmanager
+def pg_schema_lock(conn: Any, *, timeout: float = 120.0) -> Iterator[None]:
+    """Hold pllm's schema lock (a session advisory lock) on ``conn``, an autocommit connection.
+
+    It polls ``pg_try_advisory_lock`` instead of waiting inside ``pg_advisory_lock``: a statement waiting on
+    the lock holds a snapshot, and the checkpointer's ``CREATE INDEX CONCURRENTLY`` (run by the replica holding
+    the lock) waits for every older snapshot to end — a deadlock Postgres does not detect.
+    """
+    deadline = time.monotonic() + timeout
+    while not _first(conn.execute("SELECT pg_try_advisory_lock(%s)", (PG_SCHEMA_LOCK,)).fetchone()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another pllm process held the schema lock of this Postgres database for over "
+                               f"{timeout:.0f} s (advisory lock {PG_SCHEMA_LOCK}); is one stuck creating tables?")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (PG_SCHEMA_LOCK,))
+
+
+def _first(row: Any) -> Any:
+    """The first column of a row, as a tuple or as a dict (``dict_row``)."""
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
 
 class PostgresThreadRegistry(ThreadRegistry):
@@ -140,7 +171,7 @@ class PostgresThreadRegistry(ThreadRegistry):
                                          check=ConnectionPool.check_connection, name="pllm-threads", num_workers=1)
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, pg_schema_lock(conn):  # one replica at a time
                 for statement in filter(str.strip, _PG_SCHEMA.split(";")):  # one command per execute
                     conn.execute(statement)
         except BaseException:

@@ -217,3 +217,39 @@ def test_a_bad_postgres_url_says_what_to_do(make_stack, pg_server: PostgresServe
     # nothing was left open (the memory's writer lock): the same home works at once with SQLite threads
     assert make_stack(home=home).agent.graph.checkpointer is not None
 
+
+
+def test_processes_opening_a_fresh_database_at_the_same_moment_all_start(postgres_url: str, tmp_path: Path) -> None:
+    """Replicas started together on an empty database all create pllm's tables at once; Postgres's
+    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself (two sessions both pass the check, and one fails
+    on a duplicate type), so without a lock around the schema one of them would crash at start."""
+    import threading
+
+    from agent.graph import close_checkpointer, open_threads
+
+    n = 6
+    ready = threading.Barrier(n)
+    errors: list[BaseException] = []
+    opened: list[Any] = []
+
+    def start(i: int) -> None:
+        ready.wait()
+        try:
+            opened.append(open_threads(tmp_path / f"replica{i}", postgres_url))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=start, args=(i,)) for i in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    try:
+        assert not errors, [f"{type(e).__name__}: {e}" for e in errors]
+        assert len(opened) == n
+        opened[0][1].open_thread("ana", "s1")
+        assert [r.session_id for r in opened[-1][1].of_user("ana")] == ["s1"]
+    finally:
+        for checkpointer, registry in opened:
+            registry.close()
+            close_checkpointer(checkpointer)
