@@ -83,7 +83,8 @@ class Clause:
 
     ``text``: the clause as a plain sentence ("I moved to Denver"); ``replaces``: Y of "X, not Y";
     ``personal``: its subject is the speaker ("I", "we", "my ..."); ``question`` / ``hypothetical``:
-    no fact should come from it; ``tokens``: the spaCy tokens kept, in order; ``head``: its verb.
+    no fact should come from it; ``tokens``: the spaCy tokens kept, in order; ``head``: its verb;
+    ``subject``: its subject token (inherited by a conjoined verb), None when it has none.
     """
 
     text: str
@@ -93,6 +94,7 @@ class Clause:
     hypothetical: bool
     tokens: tuple[Any, ...]
     head: Any
+    subject: Any = None
 
 
 def split_clauses(text: str, nlp: "Language | None" = None) -> list[Clause]:
@@ -163,7 +165,8 @@ def _clause(head: Any, other_heads: set[Any], question: bool) -> Clause:
     mark = {c.lower_ for c in head.children if c.dep_ == "mark"}
     hypothetical = bool(mark & _HYPOTHETICAL_MARKS) or _reported(head) or any(
         c.lower_ in ("would", "could", "might", "should", "'d") for c in head.children if c.dep_ == "aux")
-    return Clause(_join(words), replaces, _personal(subject), question, hypothetical, tuple(tokens), head)
+    return Clause(_join(words), replaces, _personal(subject), question, hypothetical, tuple(tokens), head,
+                  subject)
 
 
 def _between_subject(token: Any, head: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Literal
 from memory.extraction.base import Candidate
 from memory.relations import canonical_category
 
-__all__ = ["PatternExtractor"]
+__all__ = ["PatternExtractor", "is_someone", "relation_to"]
 
 _Build = Callable[[re.Match[str]], list[Candidate]]
 _F = re.IGNORECASE
@@ -54,7 +54,8 @@ _TRAILING = re.compile(
     r"lately|recently|actually|really|very much|so much|a lot|a bunch|all the time|daily|often|regularly|"
     r"(?:every|each|most) (?:single )?(?:morning|day|night|evening|week|weekend|afternoon)s?|"
     r"in the (?:morning|evening)s?|"
-    r"for (?:a living|work|fun)|for (?:the )?(?:past |last )?(?:\d+|a|an|many|several|some|over|about|almost|nearly|"
+    r"for (?:a living|work|fun)|by (?:profession|trade|occupation)|professionally|"
+    r"for (?:the )?(?:past |last )?(?:\d+|a|an|many|several|some|over|about|almost|nearly|"
     r"one|two|three|four|five|six|seven|eight|nine|ten)\b.*|with (?:my|our|a|an|the|two|three)\b.*|"
     r"(?:next|last|this) (?:week|month|year|summer|winter|spring|fall|autumn|weekend)\b.*|"
     r"(?:\w+ )?(?:years?|months?|weeks?|days?) ago|in (?:\d{4}|january|february|march|april|may|june|july|"
@@ -243,14 +244,29 @@ _THIRD = [(re.compile(p, _F), r) for p, r in (
 )]
 
 
+def relation_to(role: str, name: str) -> Candidate | None:
+    """The user's edge to a person named by role: ("wife", "Anna") → partner Anna (category "wife").
+
+    None when ``role`` is not a family/partner/acquaintance word or ``name`` does not look like a name.
+    """
+    relation = _ROLES.get(role.lower())
+    if relation is None or not name or not name[0].isupper() or name.lower() in _NOT_NAMES:
+        return None
+    category = None if relation in ("mother", "father") else role.lower().replace("é", "e")
+    return Candidate("user", relation, name, category=category)
+
+
+def is_someone(word: str) -> bool:
+    """ "wife", "friend", "dog", "kittens": a word for a person or animal in the user's life."""
+    word = word.lower()
+    return word in _ROLES or _singular(word) in _ROLES or re.fullmatch(_SPECIES, word) is not None or word in (
+        "parent", "parents", "family", "grandparent", "grandparents", "pet", "pets", "kids", "children", "twins")
+
+
 def _family(m: re.Match[str]) -> list[Candidate]:
-    role = m.group("role").lower()
     name = m.group("name")
-    if not name or not name[0].isupper() or name.lower() in _NOT_NAMES:
-        return []
-    relation = _ROLES[role]
-    category = None if relation in ("mother", "father") else role.replace("é", "e")
-    return [Candidate("user", relation, name, category=category)] + _third_party(name, m.group("rest") or "")
+    edge = relation_to(m.group("role"), name)
+    return [edge, *_third_party(name, m.group("rest") or "")] if edge else []
 
 
 def _have_family(m: re.Match[str]) -> list[Candidate]:
@@ -271,7 +287,7 @@ def _pets(m: re.Match[str]) -> list[Candidate]:
     if names:
         return [Candidate("user", "has_pet", _name(n), category=species) for n in names]  # type: ignore[arg-type]
     count = (m.group("n") or "a").lower()
-    obj = species if count in ("a", "an", "one") else f"{count} {m.group('sp').lower()}"
+    obj = species if count in ("a", "an", "one", "another") else f"{count} {m.group('sp').lower()}"
     return [Candidate("user", "has_pet", obj, category=species)]
 
 
@@ -286,7 +302,8 @@ def _job(m: re.Match[str]) -> list[Candidate]:
     raw = m.group("obj")
     if raw.split()[0].lower() in _NOT_JOBS or re.search(r"\b(?:of|person|fan|lover)\b", raw, _F):
         return []
-    job, employer = (re.split(r"\s+(?:at|for)\s+", raw, maxsplit=1, flags=_F) + [""])[:2]  # "nurse at St Olav"
+    job, employer = (re.split(r"\s+(?:at|for(?! a living\b| work\b| fun\b))\s+", raw, maxsplit=1, flags=_F)
+                     + [""])[:2]  # "nurse at St Olav", not "nurse for a living"
     out = _user("works_as", _trim(job, max_words=3, lead=False))
     return out + _user("works_at", _trim(employer, max_words=4)) if out else []
 
@@ -406,7 +423,8 @@ _RULES = _rules([
      r"flexitarian)\b", lambda m: _user("diet", m.group("obj").lower())),
     (r"^i(?:'ve| have)? (?:went|became|turned|gone|become) (?P<obj>vegetarian|vegan|pescatarian)\b",
      lambda m: _user("diet", m.group("obj").lower())),
-    (rf"^{_I_AM} on an? (?P<obj>[\w-]+(?: [\w-]+)?) diet\b", lambda m: _user("diet", m.group("obj").lower())),
+    (rf"^(?:{_I_AM} on|i (?:strictly )?(?:follow|eat|keep|stick to|adhere to)) an? (?:strict )?"
+     r"(?P<obj>[\w-]+(?: [\w-]+)?) diet\b", lambda m: _user("diet", m.group("obj").lower())),
     (r"^my (?:absolute |all-time |all time |current |new )?favou?rite (?P<cat>[a-z]+(?: [a-z]+)?) (?:is|are|has to be|"
      rf"would be|must be) {_OBJ}",
      lambda m: _user("favorite", _trim(m.group("obj")), kind="preference", category=m.group("cat"))),
@@ -418,14 +436,16 @@ _RULES = _rules([
     (rf"^i (?:have|'ve got|have got) (?P<n>{_COUNT}) (?:(?:older|younger|little|big|twin|baby) )*(?P<role>sisters?|"
      r"brothers?|sons?|daughters?|kids?|children|child|siblings?)(?:\s+(?:named|called)\s+(?P<names>[\w' ,-]+))?",
      _have_family),
-    (rf"^i(?:'ve| have)? (?:just |recently |also )?(?:have|own|got|adopted|rescued) (?:got )?(?P<n>{_COUNT}) "
+    (rf"^i(?:'ve| have)? (?:just |recently |also )?(?:have|own|got|adopted|rescued) (?:got )?(?P<n>{_COUNT}|another) "
      rf"(?P<sp>{_SPECIES})(?:\s+(?:named|called)\s+(?P<names>[\w' ,-]+))?\b", _pets),
     (rf"^my (?P<sp>{_SPECIES})(?:'s name is| is (?:called|named)|,)?\s+(?P<name>[\w'-]+)", _my_pet),
     (rf"^i (?:really |absolutely |just |also |truly |totally |do |still )*(?P<verb>love|like|enjoy|adore|prefer|dig|"
      rf"fancy) {_OBJ}", _likes_verb),
     (rf"^{_I_AM} (?:really |so |very |totally |also )*(?P<verb>into|passionate about|obsessed with|crazy about|fond of|"
      rf"a (?:big |huge )?fan of|keen on) {_OBJ}", lambda m: _pref("likes", _trim(m.group("obj")), "love")),
-    (rf"^i (?P<verb>drink|eat|play|watch|read|listen to) {_OBJ}",
+    # a habit ("I drink tea", "I read sci-fi"), not one occasion ("I read an article about space")
+    (rf"^i (?P<verb>drink|eat|play|watch|read|listen to) (?:(?:a lot of|lots of|plenty of) )?"
+     rf"(?!(?:a|an|one|this|that)\b){_OBJ}",
      lambda m: _pref("likes", _trim(m.group("obj")), confidence=0.7)),
     (rf"^{_I_AM} (?:currently )?(?:studying|majoring in) (?P<obj>.+?)(?: at (?P<at>.+))?$", _study),
     (r"^i (?:study|major in) (?P<obj>.+?)(?: at (?P<at>.+))?$", _study),
@@ -439,6 +459,8 @@ _RULES = _rules([
      rf"i dream of|my goal is to|my dream is to|{_I_AM} trying to|{_I_AM} hoping to|{_I_AM} learning|"
      rf"{_I_AM} training for) {_OBJ}", _goal),
     (rf"^(?:i work (?:as|in) (?:a |an )?|{_I_AM} (?:currently )?(?:working|employed) as (?:a |an )?|"
+     rf"i(?:'ve| have)? (?:just |recently )?(?:started|got|landed|took|accepted|began|have) (?:a |my |the )?"
+     rf"(?:new |first )?(?:job|position|role) as (?:a |an )?|"
      rf"my (?:job|profession|occupation) is (?:a |an )?|{_I_AM} (?:a|an) ){_OBJ}", _job),
     (rf"^(?:i (?:currently )?work (?:at|for)|{_I_AM} (?:currently )?(?:working|employed) (?:at|for|by)|"
      rf"i(?:'ve| have)? (?:just )?(?:joined|started (?:working )?at|got a (?:new )?job at|got hired (?:at|by))) {_OBJ}",

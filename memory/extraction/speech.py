@@ -5,8 +5,11 @@ time adverbs and "X, not Y" removed, "we" read as the speaker), runs
 :class:`~memory.extraction.patterns.PatternExtractor` on each plain clause, and, where no pattern
 matches, a few dependency rules for the ways people state preferences that patterns miss ("I avoid
 X", "I have a strong aversion to X", "I'm not interested in X", "I only read X", "I prefer not to X",
-"I find X distracting"). The patterns on the raw message still run, and fill slots the clauses left
-empty, so nothing the pattern extractor found is lost.
+"I find X distracting"). A clause about someone else ("my wife Anna is a doctor", "my brother lives in
+Rome") yields no fact of the user's own, only how that person is related to them; a person named by role
+anywhere in a clause ("I live with my partner Anna", "Anna is my wife") gives that relation. The patterns
+on the raw message still run, and fill slots the clauses left empty, so nothing the pattern extractor
+found is lost.
 
 A clause that looks like a personal statement (subject "I"/"we"/"my ...", not a question or a
 hypothetical) but yields no candidate is logged at INFO level with the text: a scenario author can see
@@ -22,7 +25,7 @@ from typing import Any
 
 from memory.extraction.base import Candidate
 from memory.extraction.clauses import Clause, load_pipeline, split_clauses
-from memory.extraction.patterns import PatternExtractor
+from memory.extraction.patterns import PatternExtractor, is_someone, relation_to
 from memory.relations import relation_spec
 
 __all__ = ["SpeechExtractor"]
@@ -49,6 +52,12 @@ _STATE_VERBS = frozenset((
     "quit stop marry eat drink avoid get join leave retire learn train plan want need find use").split())
 _OBJECT_DEPS = frozenset({"dobj", "xcomp", "pobj", "attr", "ccomp", "acomp", "oprd"})
 _MAX_WORDS = 6
+# What a clause about someone else may still say about the user: how they are related.
+_RELATIONSHIPS = frozenset({"partner", "mother", "father", "has_sibling", "has_child", "family", "knows", "has_pet"})
+_OTHERS = frozenset({"he", "she", "they", "him", "her", "them", "his", "their", "theirs"})
+_FORMER = frozenset({"ex", "former", "late", "future", "previous", "deceased"})
+_NOT_A_NAME = frozenset({"NORP", "GPE", "LOC", "LANGUAGE", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY",
+                         "MONEY", "PERCENT"})
 _NOT_OBJECTS = frozenset({"", "not", "to", "no", "never", "it", "that", "this", "how", "what", "why", "when", "you",
                           "them", "him", "her", "us", "me", "those", "these", "where", "who", "which", "if", "a", "an",
                           "the"})
@@ -77,7 +86,7 @@ class SpeechExtractor:
                 continue
             from_clause = self._clause(clause)
             found.extend(from_clause)
-            statements += clause.personal and _stative(clause)
+            statements += clause.personal and _stative(clause) and not _someone_else(clause)
         found = _style_in_context(found, raw)
         merged = _merge(found, raw)
         if not merged and statements:
@@ -91,11 +100,14 @@ class SpeechExtractor:
         out = [c for c in out if _usable(c.object)]
         if not out and clause.personal:
             out = _dependency_rules(clause)
+        if _someone_else(clause):  # "My wife Anna is a doctor": Anna is, not the user
+            out = [c for c in out if c.subject != "user" or c.relation in _RELATIONSHIPS]
         if clause.replaces and out:
             first = out[0]
             if first.relation in ("likes", "favorite") or relation_spec(first.relation).functional:
                 out = [replace(first, replaces=clause.replaces), *out[1:]]
-        return out
+        keys = {_key(c) for c in out}
+        return out + [c for c in _people(clause) if _key(c) not in keys]
 
 
 def _style_in_context(clauses: list[Candidate], raw: list[Candidate]) -> list[Candidate]:
@@ -122,6 +134,51 @@ def _usable(obj: str) -> bool:
 def _imperative(clause: Clause) -> bool:
     """ "Keep your answers short": style requests have no subject."""
     return clause.head.tag_ == "VB" and not any(c.dep_ in ("nsubj", "nsubjpass") for c in clause.head.children)
+
+
+def _someone_else(clause: Clause) -> bool:
+    """The clause's subject is another person or animal: "my wife Anna ...", "my brother's job ...", "she ..."."""
+    node = clause.subject
+    if node is None or node.lower_ in ("i", "we") or any(
+            c.dep_ == "conj" and c.lower_ in ("i", "we") for c in node.children):  # "My wife and I ..."
+        return False
+    while node is not None:
+        if node.lower_ in _OTHERS or node.ent_type_ == "PERSON" or is_someone(node.lower_):
+            return True
+        node = next((c for c in node.children if c.dep_ == "poss"), None)
+    return False
+
+
+def _people(clause: Clause) -> list[Candidate]:
+    """The user's edge to a named person wherever the clause names one by role.
+
+    "I live with my partner Anna", "My partner is Anna", "Anna is my wife". The first word of the name is
+    kept, as the patterns do ("my partner Anna Smith ..." → Anna).
+    """
+    kept = {t.i for t in clause.tokens}
+    out: list[Candidate] = []
+    for role in clause.tokens:
+        if not any(c.dep_ == "poss" and c.lower_ in ("my", "our") for c in role.children) \
+                or any(c.lower_ in _FORMER for c in role.children):
+            continue
+        name = _named(role, kept)
+        edge = relation_to(role.lower_, name.text) if name is not None else None
+        if edge is not None:
+            out.append(edge)
+    return out
+
+
+def _named(role: Any, kept: set[int]) -> Any:
+    """The name token a role word is given: "my partner(,) Anna", "my partner is Anna", "Anna is my partner"."""
+    names = [c for c in role.children if c.dep_ == "appos"]
+    verb = role.head
+    if role.dep_ in ("nsubj", "attr") and verb.lemma_ == "be" and not _negated(verb):
+        other = "attr" if role.dep_ == "nsubj" else "nsubj"
+        names += [c for c in verb.children if c.dep_ == other and c.ent_type_ not in _NOT_A_NAME]
+    for name in names:
+        if name.i in kept and name.pos_ == "PROPN":
+            return next((c for c in name.lefts if c.dep_ == "compound" and c.pos_ == "PROPN"), name)
+    return None
 
 
 def _stative(clause: Clause) -> bool:

@@ -154,6 +154,64 @@ def test_a_third_party_is_not_the_user(speech: SpeechExtractor) -> None:
     assert not any(rel == "lives_in" for rel, *_ in found)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("I live with my partner Anna.", ("partner", "Anna", "partner", False)),
+    ("My partner is Anna.", ("partner", "Anna", "partner", False)),
+    ("My girlfriend is called Mia.", ("partner", "Mia", "girlfriend", False)),
+    ("Anna is my wife.", ("partner", "Anna", "wife", False)),
+    ("I live with my husband Marco.", ("partner", "Marco", "husband", False)),
+    ("My partner's name is Sam.", ("partner", "Sam", "partner", False)),
+    ("This is my wife, Anna.", ("partner", "Anna", "wife", False)),
+    ("I went hiking with my brother Tom yesterday.", ("has_sibling", "Tom", "brother", False)),
+    ("Our daughter Emma just turned 5.", ("has_child", "Emma", "daughter", False)),
+])
+def test_a_person_named_by_role_anywhere_in_the_sentence(speech: SpeechExtractor, text: str,
+                                                          expected: tuple) -> None:
+    assert expected in edges(speech, text)
+
+
+@pytest.mark.parametrize("text", ["Anna is not my wife.", "My ex-wife Anna lives in Rome.", "My boyfriend is German."])
+def test_no_partner_from_a_denial_a_former_partner_or_a_nationality(speech: SpeechExtractor, text: str) -> None:
+    assert not any(rel == "partner" for rel, *_ in edges(speech, text))
+
+
+def test_a_named_third_party_keeps_their_own_job(speech: SpeechExtractor) -> None:
+    found = {(c.subject, c.relation, c.object) for c in speech.extract("My wife Anna is a doctor.")}
+    assert found == {("user", "partner", "Anna"), ("Anna", "works_as", "doctor")}
+
+
+@pytest.mark.parametrize("text", [
+    "My wife Anna is a doctor.",
+    "My husband works as a chef.",
+    "My brother lives in Rome and works as a chef.",
+    "My wife loves hiking.",
+    "My dog loves the park.",
+    "My mom was interested in art.",
+    "She is a doctor and lives in Rome.",
+])
+def test_a_clause_about_someone_else_gives_the_user_no_facts_of_their_own(speech: SpeechExtractor,
+                                                                          text: str) -> None:
+    about_user = {rel for rel, *_ in edges(speech, text)}
+    assert not about_user & {"works_as", "works_at", "lives_in", "likes", "dislikes"}
+
+
+def test_my_partner_and_i_is_still_the_user(speech: SpeechExtractor) -> None:
+    assert ("lives_in", "Rome", None, False) in edges(speech, "My wife and I live in Rome.")
+
+
+@pytest.mark.parametrize("text", ["I'm a carpenter by profession.", "I'm a carpenter by trade.",
+                                  "I work as a carpenter for a living."])
+def test_a_job_without_by_profession(speech: SpeechExtractor, text: str) -> None:
+    assert {obj for rel, obj, *_ in edges(speech, text) if rel.startswith("works_")} == {"carpenter"}
+
+
+def test_reading_something_is_not_liking_it(speech: SpeechExtractor) -> None:
+    assert edges(speech, "I read an interesting article about space.") == set()
+    assert ("likes", "badminton", None, False) in edges(speech, "I love badminton, I do it every weekend.")
+    assert ("likes", "hiking", None, False) in edges(speech, "I really enjoy hiking.")
+    assert ("likes", "sci-fi novels", None, False) in edges(speech, "I read sci-fi novels.")
+
+
 def test_assistant_turns_give_nothing(speech: SpeechExtractor) -> None:
     assert speech.extract("I live in Oslo.", role="assistant") == []
 
