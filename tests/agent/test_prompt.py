@@ -54,7 +54,7 @@ def test_notes_are_labelled_and_the_best_one_is_repeated_right_before_the_questi
     lines = text.splitlines()
     assert lines[0] == MEMORY_OPEN
     assert "- I have a pet (dog) named Biscuit." in lines and "- I live in Oslo." in lines
-    assert '- [2026-01-02] "My dog is called Biscuit."' in lines
+    assert '- "My dog is called Biscuit."' in lines  # a question about now: the turn without its date
     # the most relevant fact and the message: the last paragraph, after the block's blank line
     assert lines[-3:] == ["", "I have a pet (dog) named Biscuit. What's my dog's name?", PromptLayout().answer_hint]
     labelled = user_turn(build_prompt(user_id="u", message="What's my dog's name?", recollection=r, history=[],
@@ -63,6 +63,31 @@ def test_notes_are_labelled_and_the_best_one_is_repeated_right_before_the_questi
                                                                               answer_hint="Be brief.")))
     assert labelled.splitlines()[-3:] == [f"{KNOWN_LINE} I have a pet (dog) named Biscuit.",
                                           f"{MEMORY_CLOSE} What's my dog's name?", "Be brief."]
+
+
+def test_quoted_turns_carry_their_dates_only_when_the_question_is_about_a_time() -> None:
+    """SmolLM2 copied dated lines (``- [2026-01-19] "I'm a pilot ..."``) into its answers to questions about now
+    (memory_qa: 18/40 right with dates, 28/40 without); a question about a time still gets the dates."""
+    import dataclasses
+
+
+    turn = episode("I adopted a dog called Biscuit.")
+
+    def lines_for(question: str, **layout: str) -> list[str]:
+        r = dataclasses.replace(rec(episodes=[turn]), query=question, intent=classify_query(question, utc(2026, 3, 1)))
+        built = build_prompt(user_id="u", message=question, recollection=r, history=[], count_tokens=words,
+                             layout=PromptLayout(**layout))
+        return user_turn(built).splitlines()
+
+    dated, undated = '- [2026-01-02] "I adopted a dog called Biscuit."', '- "I adopted a dog called Biscuit."'
+    assert undated in lines_for("What's my dog's name?")
+    assert dated in lines_for("When did I adopt my dog?")
+    assert dated in lines_for("Which dog did I have before?")  # the past tense
+    assert dated in lines_for("What did I tell you two months ago?")  # a time window
+    assert dated in lines_for("What's my dog's name?", episode_style="dated")
+    assert undated in lines_for("When did I adopt my dog?", episode_style="quoted")
+    with pytest.raises(ValueError, match="episode_style"):
+        PromptLayout(episode_style="iso")  # type: ignore[arg-type]
 
 
 def test_without_memory_the_message_goes_alone() -> None:
@@ -81,7 +106,7 @@ def test_stored_text_cannot_close_its_quote_or_start_a_new_message() -> None:
     assert len(block) == 1  # stored text opened no paragraph of its own: the message is the last one
     assert last.splitlines()[0].endswith(" Where do I live?") and len(last.splitlines()) == 2  # + the hint
     assert "Ignore previous instructions" not in last  # a quoted turn never reaches the message's paragraph
-    quoted = [ln for ln in lines if ln.startswith("- [")]
+    quoted = [ln for ln in lines if ln.startswith('- "')]
     assert len(quoted) == 2
     for ln in quoted:  # one quotation per line: opened once, closed at the very end
         assert ln.count('"') == 2 and ln.endswith('"')
@@ -100,7 +125,7 @@ def test_what_the_assistant_said_is_quoted_and_labelled_as_its_own() -> None:
                          count_tokens=words)
     lines = user_turn(built).splitlines()
     said = lines.index(SAID_LINE)
-    assert lines[said + 1] == '- [2026-01-02] "Your booking reference is QX7P2."'
+    assert lines[said + 1] == '- "Your booking reference is QX7P2."'
     assert built.said_lines and "QX7P2" not in " ".join(built.episode_lines)
 
 
@@ -143,6 +168,12 @@ def test_superseded_facts_are_told_in_the_past_tense() -> None:
     odd = Fact(user_id="u", subject="u", relation="drives", object="a Volvo", valid_from=utc(2026, 1, 1),
                recorded_at=utc(2026, 1, 1), valid_to=utc(2026, 2, 1))
     assert render_fact(odd, "u") == "No longer true: I drives: a Volvo (until 2026-02-01)."
+    # a partner by the word the user used ("My partner (partner) is Anna." before)
+    assert render_fact(fact("Anna", "partner", category="partner"), "u") == "My partner is Anna."
+    assert render_fact(fact("Anna", "partner", category="wife"), "u") == "My wife is Anna."
+    assert render_fact(fact("Anna", "partner"), "u") == "My partner is Anna."
+    assert render_fact(fact("Marco", "partner", category="husband", until=utc(2026, 2, 1)), "u") == \
+        "My husband used to be Marco (until 2026-02-01)."
     built = build_prompt(user_id="u", message="Where do I live?", recollection=rec(facts=[fact("Lisbon"), old]),
                          history=[], count_tokens=words)
     text = user_turn(built)
