@@ -3,7 +3,9 @@
 ``PllmChatModel(local=LocalModel.load(...), adapters=AdapterStore(...))`` streams token by token. Called with
 ``user_id=...`` (the agent's respond node does), it generates with that user's published adapter (their
 knowledge edits) active for that request only, read from ``adapters`` on every call so a version published by
-the update worker is used from the user's next turn; without ``adapters`` or a user, the base model.
+the update worker is used from the user's next turn; without ``adapters`` or a user, the base model. With
+``fusion`` (a :class:`~editing.alignment.mod.PoleFusion`), a version whose preference layer is fused at decoding
+time (``PLLM_STYLE_MERGE=mod``) is decoded from the user's policies and their weighted poles.
 ``model_kwargs`` pass through to the forward call.
 """
 
@@ -20,6 +22,7 @@ from pydantic import ConfigDict, Field
 
 from editing import ChatTurn, GenerationSettings, LocalModel
 from editing.adapters import AdapterStore, UserView
+from editing.alignment.mod import PoleFusion
 
 __all__ = ["PllmChatModel", "to_chat_turns"]
 
@@ -49,6 +52,7 @@ class PllmChatModel(BaseChatModel):
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     adapters: AdapterStore | None = None
+    fusion: PoleFusion | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -65,10 +69,12 @@ class PllmChatModel(BaseChatModel):
         return s
 
     def view_for(self, user_id: str | None) -> UserView | None:
-        """The user's published adapter on this base model (None: no store, no user, or nothing published)."""
+        """The user's published adapter on this base model (None: no store, no user, or nothing published), with
+        its fused poles when its preference layer is served by MOD."""
         if self.adapters is None or not user_id:
             return None
-        return self.adapters.view(user_id, base_model_id=self.local.model_id)
+        view = self.adapters.view(user_id, base_model_id=self.local.model_id)
+        return self.fusion.apply(view) if self.fusion is not None else view
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:

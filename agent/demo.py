@@ -127,8 +127,9 @@ def show_preference(console: Console, stack: object, user_id: str) -> None:
                       "the demo does not wait for it.")
     elif isinstance(pref, dict) and pref.get("merged"):
         mix = ", ".join(f"{k} × {pref['mix'][k]:.2f}" for k in pref["merged"])
-        console.print(f"preference layer in adapter v{info.version}: {escape(mix)} (cached poles, merged with PEFT "
-                      f"{escape(str(pref.get('combination')))})")
+        how = ("fused at decoding time (MOD)" if pref.get("combination") == "mod"
+               else f"merged with PEFT {escape(str(pref.get('combination')))}")
+        console.print(f"preference layer in adapter v{info.version}: {escape(mix)} (cached poles, {how})")
     else:
         console.print(f"cached poles: {', '.join(p.key for p in trained)}; no preference layer published for "
                       f"{escape(user_id)} (no style weight leans to a trained pole)")

@@ -105,8 +105,11 @@ class UserLayers:
 
     * **style** — the style adapter of their published version (``style_version``), unless a new one is given;
     * **preference** — their pole adapters merged by their style weights (:mod:`editing.alignment.merge`, PEFT
-      ``add_weighted_adapter``, ``combination``), from the weights recorded in the published version unless new
-      ones are given. A pole not trained for the base model adds nothing (its dimension stays as the base model
+      ``add_weighted_adapter``, ``combination`` ``cat`` or ``svd``), from the weights recorded in the published
+      version unless new ones are given. With ``combination="mod"`` nothing is merged: the record names the poles
+      and their weights, and the serving side fuses them at decoding time
+      (:class:`~editing.alignment.mod.PoleFusion`); the poles are still loaded once here, so a broken one fails
+      the publish as a merge would. A pole not trained for the base model adds nothing (its dimension stays as the base model
       has it) and the record lists it under ``missing_poles`` (``pllm align train``); a trained pole that cannot
       be loaded raises, so nothing is published.
 
@@ -116,8 +119,9 @@ class UserLayers:
     def __init__(self, model: "LocalModel", settings: "Settings", *, combination: str = "cat") -> None:
         from editing.errors import InvalidRequest
 
-        if combination not in ("cat", "svd"):
-            raise InvalidRequest(f"combination must be 'cat' (exact) or 'svd', got {combination!r}")
+        if combination not in ("cat", "svd", "mod"):
+            raise InvalidRequest(f"combination must be 'cat' (exact), 'svd' or 'mod' (fused at decoding time), "
+                                 f"got {combination!r}")
         self.model = model
         self.adapters, self.styles = adapter_store(settings.home), style_store(settings.home)
         self.poles = pole_store(settings)
@@ -173,6 +177,12 @@ class UserLayers:
         fingerprint = self.poles.fingerprint(base_id, [pole_from_key(k) for k in usable])
         record["poles"] = fingerprint
         key = (fingerprint, self.combination, *(f"{k}={v:.4f}" for k, v in sorted(usable.items())))
+        if self.combination == "mod":  # fused when served: check the poles load, publish no deltas
+            if key not in self._merged:
+                for k in usable:
+                    self.poles.load(base_id, pole_from_key(k))
+                self._merged[key] = []
+            return [], record
         if key not in self._merged:
             if len(self._merged) > 64:
                 self._merged.clear()
@@ -206,13 +216,14 @@ def open_editor(local: "LocalModel", settings: "Settings", *, private: bool = Tr
     """A knowledge editor for ``settings.home`` on ``local`` (on a private copy of it unless ``private=False``).
 
     It publishes each user's edits together with their other layers (:class:`UserLayers`: the style adapter and
-    the preference layer of their published version).
+    the preference layer of their published version, combined as ``settings.style_merge`` says).
     """
     from editing.personal import KnowledgeEditor, private_copy
 
     model = private_copy(local) if private else local
     return KnowledgeEditor(model, edit_registry(settings.home), adapter_store(settings.home),
-                           stats_dir=stats_dir(settings), layers=UserLayers(model, settings))
+                           stats_dir=stats_dir(settings), layers=UserLayers(model, settings,
+                                                                            combination=settings.style_merge))
 
 
 class ModelWorkspace:
@@ -283,7 +294,8 @@ def preference_handler(workspace: ModelWorkspace) -> Handler:
                 # Same weights: publish again only when the poles changed since (trained, or retrained with
                 # `pllm align train --force`), so a user merged before a pole existed gets it now.
                 record, plan = layers.published_preference(job.user_id), layers.preference_plan(weights)
-                if (sorted(record.get("merged", [])), record.get("poles")) == (plan["merged"], plan.get("poles")):
+                if (sorted(record.get("merged", [])), record.get("poles"), record.get("combination")) == \
+                        (plan["merged"], plan.get("poles"), layers.combination):
                     return f"style weights unchanged ({shown}); nothing to publish"
             try:
                 deltas, extra = layers.compose(job.user_id, weights=weights)

@@ -20,7 +20,7 @@ import logging
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from platformdirs import user_cache_dir
 from pydantic import Field, field_validator
@@ -111,6 +111,10 @@ class Settings(BaseSettings):
                                 "adapter) on a background worker; off: input-level personalization only")
     adapter_refresh_every: int = Field(default=50, ge=0, description="refresh a user's style adapter after this "
                                        "many new turns (0: off)")
+    style_merge: Literal["cat", "svd", "mod"] = Field(
+        default="cat", description="how a user's style poles are combined: 'cat' (exact weighted sum in the "
+        "published adapter), 'svd' (the same, folded to a lower rank) or 'mod' (fused at decoding time, one "
+        "extra decode row per pole)")
     style_watch: bool = Field(default=True, description="watch each turn's perplexity under the user's adapter and "
                               "refresh it when the user's language drifts")
 

@@ -105,9 +105,10 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
     from agent.chat_model import PllmChatModel
     from agent.graph import PersonalAgent, close_checkpointer, open_threads
     from agent.jobs import JobStore
-    from agent.model_level import ModelPart, adapter_store
+    from agent.model_level import ModelPart, adapter_store, pole_store
     from agent.policy import UpdateWorker
     from editing import LocalModel
+    from editing.alignment.mod import PoleFusion
     from memory.service import Memory
 
     # First: an unreachable PLLM_POSTGRES_URL fails at once, before the memory is opened or the model loaded.
@@ -131,7 +132,7 @@ def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "Loc
         if chat_model is None:
             local = local or LocalModel.load(settings.runtime_config())
             chat_model = PllmChatModel(local=local, settings=generation or settings.generation(),
-                                       adapters=adapter_store(settings.home))
+                                       adapters=adapter_store(settings.home), fusion=PoleFusion(pole_store(settings)))
     except BaseException:
         close_threads()
         memory.close()

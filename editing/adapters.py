@@ -186,16 +186,31 @@ def _check_user(user_id: object) -> str:
 
 @dataclass(frozen=True)
 class UserView:
-    """What one request runs with: a user's published deltas on the base model they were made for."""
+    """What one request runs with: a user's published deltas on the base model they were made for.
+
+    ``extra``: the version's record (``pllm.json``'s ``extra``: which layers it holds). ``fusion``: pole
+    policies fused with the user's own at decoding time (MOD, :mod:`editing.alignment.mod`) as
+    ``((λ, pole deltas), ...)``; empty for a plain view. The store never sets it: the serving side adds it from
+    the version's preference record (:meth:`with_fusion`).
+    """
 
     user_id: str
     version: int
     deltas: tuple[LowRankDelta, ...]
     base_model_id: str
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    fusion: tuple[tuple[float, tuple[LowRankDelta, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         _check_user(self.user_id)
         object.__setattr__(self, "deltas", tuple(self.deltas))  # a caller's list stays theirs
+        object.__setattr__(self, "fusion", tuple((float(w), tuple(d)) for w, d in self.fusion))
+
+    def with_fusion(self, fusion: Sequence[tuple[float, Sequence[LowRankDelta]]]) -> "UserView":
+        """This view with its requests decoded from the fused policies of ``fusion`` (MOD)."""
+        from dataclasses import replace
+
+        return replace(self, fusion=tuple((float(w), tuple(d)) for w, d in fusion))
 
 
 @dataclass(frozen=True)
@@ -382,10 +397,12 @@ class AdapterStore:
     def _load(self, user_id: str, version: int, folder: Path, base_model_id: str) -> UserView | None:
         try:
             deltas = load_lora(folder, base_model_id=base_model_id)
+            extra = read_meta(folder).get("extra") or {}
         except InvalidRequest as err:  # StaleAdapter included
             log.warning("user %s, adapter v%d: %s; serving the base model", user_id, version, err)
             return None
-        return UserView(user_id=user_id, version=version, deltas=tuple(deltas), base_model_id=base_model_id)
+        return UserView(user_id=user_id, version=version, deltas=tuple(deltas), base_model_id=base_model_id,
+                        extra=dict(extra) if isinstance(extra, Mapping) else {})
 
     def users(self) -> list[str]:
         """Every user id with a folder in this store (sorted)."""

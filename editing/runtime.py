@@ -196,14 +196,31 @@ class LocalModel:
         with self.lock:  # hooks are module-global: one request at a time, and only this one's deltas
             yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas, **model_kwargs)
 
+    def _decode_fused(self, input_ids: torch.Tensor, settings: GenerationSettings, view: "UserView") -> Iterator[str]:
+        """``view``'s request decoded from its fused policies (MOD): one decode row per policy, not batched with
+        other requests."""
+        from editing.alignment.mod import fused_stream
+
+        def run() -> Iterator[str]:
+            with self.lock:
+                yield from fused_stream(self.model, self.tokenizer, input_ids, view.fusion, settings, view.deltas)
+
+        return COMPUTE.iterate(run)
+
     def stream(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None, *,
                view: "UserView | None" = None, **model_kwargs: Any) -> Iterator[str]:
         """Yield the reply to ``messages`` piece by piece as it is generated (with ``view``'s adapter, if given).
 
-        Bad messages and a stale view raise here, before the first piece.
+        A view with ``fusion`` (MOD) decodes its fused policies in a loop of its own (``model_kwargs`` are
+        refused there). Bad messages and a stale view raise here, before the first piece.
         """
         deltas = self._deltas_of(view)
         input_ids = self.encode_chat(messages)
+        if view is not None and view.fusion:
+            if model_kwargs:
+                raise InvalidRequest(f"model_kwargs {sorted(model_kwargs)} cannot be used with a fused (MOD) view; "
+                                     "drop them or serve the user's merged adapter instead")
+            return self._decode_fused(input_ids, settings or GenerationSettings(), view)
         if self.batcher is not None and not model_kwargs:
             return self.batcher.stream(input_ids, deltas, settings or GenerationSettings())
         return self._decode(input_ids, settings or GenerationSettings(), deltas, model_kwargs)
@@ -211,7 +228,7 @@ class LocalModel:
     def generate(self, messages: Sequence[ChatTurn], settings: GenerationSettings | None = None, *,
                  view: "UserView | None" = None, **model_kwargs: Any) -> str:
         """The whole reply to ``messages`` (batched with concurrent calls when batching is on)."""
-        if self.batcher is not None and not model_kwargs:
+        if self.batcher is not None and not model_kwargs and not (view is not None and view.fusion):
             deltas = self._deltas_of(view)
             return self.batcher.submit(self.encode_chat(messages), deltas, settings or GenerationSettings())
         return "".join(self.stream(messages, settings, view=view, **model_kwargs))
@@ -244,6 +261,16 @@ class LocalModel:
                                      f"got {request!r:.80}")
         deltas = [self._deltas_of(view) for _, view in requests]
         prompts = [self.encode_chat(messages) for messages, _ in requests]
+        if any(view is not None and view.fusion for _, view in requests):  # MOD rows: one fused loop for all
+            from editing.alignment.mod import fused_decode
+
+            mixes = [view.fusion if view is not None else () for _, view in requests]
+
+            def run() -> list[str]:
+                with self.lock:
+                    return fused_decode(self.model, self.tokenizer, prompts, mixes, settings, deltas)
+
+            return COMPUTE.call(run)
         return self._run_batch(prompts, settings or GenerationSettings(), deltas)
 
     def complete(self, text: str, settings: GenerationSettings | None = None, *,

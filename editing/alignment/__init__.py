@@ -13,7 +13,7 @@ imported when a pole is trained or merged.
 from editing.alignment.build import TrainRun, train_poles
 from editing.alignment.config import PoleTrainConfig
 from editing.alignment.merge import merge_poles, pole_from_key
-from editing.alignment.mod import fused_decode, pole_deltas
+from editing.alignment.mod import PoleFusion, fused_decode, fused_stream, pole_deltas
 from editing.alignment.pairs import DimensionAnswers, PreferencePair, dimension_answers, pairs_for
 from editing.alignment.poles import DIMENSIONS, INSTRUCTIONS, MILD_INSTRUCTIONS, Pole, all_poles, instruction_for, pole_mix, pole_of
 from editing.alignment.prompts import TRAIN_PROMPTS
@@ -28,6 +28,7 @@ __all__ = [
     "DimensionAnswers",
     "Pole",
     "PoleAdapter",
+    "PoleFusion",
     "PoleStore",
     "PoleTrainConfig",
     "PreferencePair",
@@ -35,6 +36,7 @@ __all__ = [
     "all_poles",
     "dimension_answers",
     "fused_decode",
+    "fused_stream",
     "instruction_for",
     "merge_poles",
     "pairs_for",

@@ -11,11 +11,17 @@ style) and the base model with each pole the user leans to; a user's weights giv
 runs every policy of every request as a batch row (each row with its own deltas, as in
 :mod:`editing.batch_decode`); all rows of a request take the same fused token. It costs one row per policy,
 where the weight merge (:mod:`editing.alignment.merge`) costs none — ``bench/align_control.py`` measures both.
+
+Served (``PLLM_STYLE_MERGE=mod``): the user's published version records the poles and weights instead of a
+merged layer, :class:`PoleFusion` puts them on the user's view, and :class:`~editing.LocalModel` decodes such a
+view with :func:`fused_stream` (its own loop: it does not join other users' batches).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,9 +33,13 @@ from editing.requests import LowRankDelta
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from editing.adapters import UserView
+    from editing.alignment.store import PoleStore
     from editing.alignment.train import PoleAdapter
 
-__all__ = ["Mix", "fused_decode", "pole_deltas"]
+__all__ = ["Mix", "PoleFusion", "fused_decode", "fused_pieces", "fused_stream", "pole_deltas"]
+
+log = logging.getLogger(__name__)
 
 # One request's policies: [(λ_p, the pole's deltas), ...]; the base policy is implicit.
 Mix = Sequence[tuple[float, Sequence[LowRankDelta]]]
@@ -42,7 +52,6 @@ def pole_deltas(adapter: "PoleAdapter") -> list[LowRankDelta]:
     return lora_state_deltas(adapter.state, float(adapter.peft_config["lora_alpha"]) / float(adapter.peft_config["r"]))
 
 
-@torch.inference_mode()
 def fused_decode(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
                  mixes: Sequence[Mix], settings: GenerationSettings | None = None,
                  base_deltas: Sequence[Sequence[LowRankDelta]] | None = None) -> list[str]:
@@ -51,6 +60,25 @@ def fused_decode(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     ``base_deltas[i]``: request ``i``'s own layers (edits, style), in every one of its rows. A request with an
     empty mix decodes exactly as the base policy alone.
     """
+    pieces: list[list[str]] = [[] for _ in prompts]
+    for g, piece in fused_pieces(model, tokenizer, prompts, mixes, settings, base_deltas):
+        pieces[g].append(piece)
+    return ["".join(p) for p in pieces]
+
+
+def fused_stream(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", input_ids: torch.Tensor, mix: Mix,
+                 settings: GenerationSettings | None = None, base_deltas: Sequence[LowRankDelta] = ()) -> Iterator[str]:
+    """One request's reply, piece by piece as it is decoded, from the fused policies of ``mix``."""
+    for _, piece in fused_pieces(model, tokenizer, [input_ids], [mix], settings, [base_deltas]):
+        yield piece
+
+
+@torch.inference_mode()
+def fused_pieces(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
+                 mixes: Sequence[Mix], settings: GenerationSettings | None = None,
+                 base_deltas: Sequence[Sequence[LowRankDelta]] | None = None) -> Iterator[tuple[int, str]]:
+    """``(request, text)`` pieces of every request's reply as :func:`fused_decode` decodes them (empty pieces
+    skipped; a request's pieces joined are its reply)."""
     from editing.batch_decode import BatchDecoder, _check_batch, _left_pad
     from editing.generation import Decoder, _processors, _TextStream, eos_token_ids
 
@@ -82,7 +110,6 @@ def fused_decode(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
     lengths = [ids.shape[1] for ids in prompts]
     seen = [torch.cat([ids, ids.new_empty((1, settings.max_new_tokens))], dim=1) for ids in prompts]
     texts = [_TextStream(tokenizer, settings.stop) for _ in prompts]
-    pieces: list[list[str]] = [[] for _ in prompts]
 
     stacks = decoder._stacks(rows)
     logits, cache = decoder._prefill(input_ids, pads, stacks, {})
@@ -104,7 +131,8 @@ def fused_decode(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
             if next_id in stop_ids:
                 continue
             seen[g][0, lengths[g] + n] = next_id
-            pieces[g].append(texts[g].push(next_id))
+            if piece := texts[g].push(next_id):
+                yield g, piece
             if not texts[g].stopped:
                 keep_groups.append(g)
                 tokens.append(next_id)
@@ -123,5 +151,54 @@ def fused_decode(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
             active = keep_groups
         token = torch.tensor(row_tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows running, 1)
         logits = step(token, width + n)
-    return ["".join(p) + text.finish() for p, text in zip(pieces, texts)]
+    for g, text in enumerate(texts):
+        if tail := text.finish():
+            yield g, tail
 
+
+
+class PoleFusion:
+    """Serving-side MOD: a user's view gains the fused pole policies its published version asks for.
+
+    A version published with ``combination: "mod"`` holds no preference deltas; its preference record names the
+    poles (``merged``) and their weights (``mix``). :meth:`apply` turns that record into the view's ``fusion``
+    (the poles read from ``store`` once and kept). A pole that cannot be loaded now (deleted, corrupt) is logged
+    and the user is served their other layers: a broken pole must not break the reply.
+    """
+
+    def __init__(self, store: "PoleStore") -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._poles: dict[tuple[str, str, str], tuple[LowRankDelta, ...]] = {}  # (base, pole, fingerprint)
+
+    def _pole(self, base_model_id: str, key: str, fingerprint: str) -> tuple[LowRankDelta, ...]:
+        from editing.alignment.merge import pole_from_key
+
+        cache_key = (base_model_id, key, fingerprint)
+        with self._lock:
+            found = self._poles.get(cache_key)
+        if found is None:
+            found = tuple(pole_deltas(self.store.load(base_model_id, pole_from_key(key))))
+            with self._lock:
+                if len(self._poles) > 32:
+                    self._poles.clear()
+                self._poles[cache_key] = found
+        return found
+
+    def apply(self, view: "UserView | None") -> "UserView | None":
+        """``view`` with its fusion set when its version's preference layer is fused at decoding time."""
+        if view is None:
+            return None
+        pref = view.extra.get("preference")
+        if not isinstance(pref, Mapping) or pref.get("combination") != "mod" or not pref.get("merged"):
+            return view
+        mix = pref.get("mix") or {}
+        fingerprint = str(pref.get("poles", ""))
+        try:
+            fusion = [(float(mix[k]), self._pole(view.base_model_id, str(k), fingerprint)) for k in pref["merged"]]
+        except (InvalidRequest, KeyError, TypeError, ValueError) as err:
+            log.warning("user %s, adapter v%d: its fused poles %s cannot be loaded (%s); serving their other layers "
+                        "without them (`pllm align train` re-trains a pole)", view.user_id, view.version,
+                        pref.get("merged"), err)
+            return view
+        return view.with_fusion(fusion)

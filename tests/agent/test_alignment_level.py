@@ -37,12 +37,12 @@ def pole_cache(tmp_path_factory, local_model) -> Path:
     return cache
 
 
-def _stack(home: Path, cache: Path, local_model, embedder, at=utc(2026, 2, 1, 9)):
+def _stack(home: Path, cache: Path, local_model, embedder, at=utc(2026, 2, 1, 9), style_merge: str = "cat"):
     from agent.settings import Settings
     from agent.stack import build_stack
 
     settings = Settings(home=home, model_cache=cache, model_updates=True, adapter_refresh_every=0, style_watch=False,
-                        max_new_tokens=64)
+                        max_new_tokens=64, style_merge=style_merge)
     return build_stack(settings, clock=ManualClock(at), local=local_model, embedder=embedder)
 
 
@@ -113,5 +113,26 @@ def test_a_reversal_emits_preference_drift_and_a_failed_merge_keeps_the_publishe
         drifts = [e for e in result.events if type(e).__name__ == "PreferenceDrift" and e.dimension == "verbosity"]
         assert drifts and drifts[0].before == "concise" and drifts[0].after == "detailed"
         assert stack.memory.preference_weights("lee")["verbosity"].weight == 1.0
+    finally:
+        stack.close()
+
+
+def test_with_style_merge_mod_the_poles_are_fused_when_serving_and_the_replies_shorten(
+        tmp_path, pole_cache, local_model, embedder) -> None:
+    stack = _stack(tmp_path, pole_cache, local_model, embedder, style_merge="mod")
+    try:
+        stack.agent.chat("sam", "Please keep your answers short.")
+        assert stack.agent.worker.wait_idle(300)
+        published = _view(stack, "sam")
+        assert published is not None, [o.detail for o in stack.agent.worker.outcomes]
+        pref = published.extra["preference"]
+        assert pref["combination"] == "mod" and pref["merged"] == ["verbosity.concise"]
+        assert published.deltas == () and published.fusion == ()  # nothing merged into the stored adapter
+        served = stack.agent.chat_model.view_for("sam")  # what the respond node runs with
+        assert [w for w, _ in served.fusion] == [1.0]
+        fused = sum(_words(stack.local, served, q) for q in QUESTIONS)
+        without = sum(_words(stack.local, None, q) for q in QUESTIONS)
+        assert fused < 0.6 * without, (fused, without)
+        assert stack.agent.chat_model.view_for("kim") is None  # another user: the base model
     finally:
         stack.close()

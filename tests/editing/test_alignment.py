@@ -123,6 +123,54 @@ def test_mod_fusion_decodes_what_its_policies_say(poles: PoleStore, tiny_llama, 
         fused_decode(tiny_llama, smol_tokenizer, prompts, [[]], settings)
 
 
+def test_a_user_served_by_mod_gets_the_fused_reply_streamed_batched_and_alone(
+        poles: PoleStore, tiny_llama, smol_tokenizer, tmp_path: Path, caplog) -> None:
+    """``PLLM_STYLE_MERGE=mod`` on the serving side: the published version records its poles and weights,
+    PoleFusion puts them on the user's view, and every way LocalModel answers gives the fused reply."""
+    from editing import GenerationSettings, LocalModel
+    from editing.adapters import AdapterStore
+    from editing.alignment import PoleFusion
+    from editing.device import DevicePlan
+
+    tiny_llama.eval()
+    local = LocalModel(tiny_llama, smol_tokenizer, model_id="tiny",
+                       plan=DevicePlan(device=tiny_llama.device, dtype=tiny_llama.dtype), source="tiny")
+    settings = GenerationSettings(max_new_tokens=10, ignore_eos=True)
+    store = AdapterStore(tmp_path / "adapters")
+    key = "verbosity.concise"
+    store.publish("ana", [], base_model_id="tiny",
+                  extra={"preference": {"weights": {"verbosity": -0.8}, "mix": {key: 0.8}, "merged": [key],
+                                        "combination": "mod", "poles": poles.fingerprint("tiny", [pole_of("verbosity", -1)])}})
+    fusion = PoleFusion(poles)
+    view = fusion.apply(store.view("ana", base_model_id="tiny"))
+    assert view is not None and [w for w, _ in view.fusion] == [0.8]
+    turns = [{"role": "user", "content": "Tell me about the sea."}]
+    ids = local.encode_chat(turns)
+    concise = pole_deltas(poles.load("tiny", pole_of("verbosity", -1)))
+    expected = fused_decode(tiny_llama, smol_tokenizer, [ids], [[(0.8, concise)]], settings)[0]
+    plain = local.generate(turns, settings)
+    assert expected != plain  # the pole moves this reply: the checks below can tell fused from plain
+    assert "".join(local.stream(turns, settings, view=view)) == expected
+    assert local.generate(turns, settings, view=view) == expected
+    local.enable_batching(20.0, 4)
+    try:  # batching on: the fused view still decodes fused (it does not join the plain batch)
+        assert local.generate(turns, settings, view=view) == expected
+    finally:
+        local.batcher = None
+    # one batch with a fused user and a plain one: each gets what it gets alone
+    assert local.generate_batch([(turns, view), (turns, None)], settings) == [expected, plain]
+    # a pole deleted after publishing: the user is served without it, with a warning, and nothing raises
+    import shutil
+
+    shutil.rmtree(poles.folder("tiny", pole_of("verbosity", -1)))
+    still = PoleFusion(poles).apply(store.view("ana", base_model_id="tiny"))
+    assert still is not None and still.fusion == () and "cannot be loaded" in caplog.text
+    assert local.generate(turns, settings, view=still) == plain
+    # a version merged by weights is served as it is
+    store.publish("ana", [], base_model_id="tiny", extra={"preference": {"combination": "cat", "merged": [key]}})
+    assert fusion.apply(store.view("ana", base_model_id="tiny")).fusion == ()
+
+
 def test_the_instructed_answers_are_kept_for_the_same_prompts_and_settings_only(tmp_path: Path) -> None:
     from editing.alignment import DimensionAnswers
 
