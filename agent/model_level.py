@@ -109,9 +109,9 @@ class UserLayers:
       version unless new ones are given. With ``combination="mod"`` nothing is merged: the record names the poles
       and their weights, and the serving side fuses them at decoding time
       (:class:`~editing.alignment.mod.PoleFusion`); the poles are still loaded once here, so a broken one fails
-      the publish as a merge would. A pole not trained for the base model adds nothing (its dimension stays as the base model
-      has it) and the record lists it under ``missing_poles`` (``pllm align train``); a trained pole that cannot
-      be loaded raises, so nothing is published.
+      the publish as a merge would. A pole not trained for the base model adds nothing (its dimension stays as
+      the base model has it) and the record lists it under ``missing_poles`` (``pllm align train``); a trained
+      pole that cannot be loaded raises, so nothing is published.
 
     Calling it (``layers(user_id)``) keeps both layers as published — what a knowledge-edit publish does.
     """
