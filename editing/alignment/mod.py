@@ -156,14 +156,14 @@ def fused_pieces(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
             yield g, tail
 
 
-
 class PoleFusion:
     """Serving-side MOD: a user's view gains the fused pole policies its published version asks for.
 
     A version published with ``combination: "mod"`` holds no preference deltas; its preference record names the
     poles (``merged``) and their weights (``mix``). :meth:`apply` turns that record into the view's ``fusion``
-    (the poles read from ``store`` once and kept). A pole that cannot be loaded now (deleted, corrupt) is logged
-    and the user is served their other layers: a broken pole must not break the reply.
+    (each pole read from ``store`` the first time a record with its fingerprint is served, then kept). A pole
+    that cannot be loaded then (deleted, corrupt) is logged and the user is served their other layers: a broken
+    pole must not break the reply.
     """
 
     def __init__(self, store: "PoleStore") -> None:
