@@ -9,6 +9,7 @@ predictions over ``locality_ground_truth`` on ``locality_prompt`` unchanged by t
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from bench._data import require
+
+log = logging.getLogger("bench.editing")
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,24 @@ def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tupl
 
     compute = get_method(method).compute
     post, wall, cpu = [], [], []
-    for case in cases:
+    for i, case in enumerate(cases, 1):
         t0, c0 = time.perf_counter(), time.process_time()
         [result] = compute(lm.model, lm.tokenizer, [case.request], hparams)
+        _finish(lm.model)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         with apply_deltas(lm.model, result.deltas):
             post.append(score(lm.model, lm.tokenizer, case))
+        if i % 20 == 0 or i == len(cases):
+            log.info("%s: %d/%d edits, %.2f s per edit so far", method, i, len(cases), statistics.mean(wall))
     return post, wall, cpu
+
+
+def _finish(model: Any) -> None:
+    """Wait for the model's device to finish queued work (kernels run asynchronously on an accelerator)."""
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        getattr(torch, device.type).synchronize(device)
 
 
 def run_edits(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[dict], list[float]]:

@@ -8,13 +8,21 @@ prompt are skipped (counted). Figures are percentages; ``s_per_edit`` is the mea
 (the context prefixes, the same for every edit, are generated once beforehand, as a caller making many edits does).
 
     python bench/edit_counterfact.py [DATA] [--n 200] [--methods rome memit ft_l] [--threads 1] [--json]
+
+``--model`` takes a GGUF file or a transformers folder (default: the packaged SmolLM2); ``--device`` and
+``--dtype`` place it (default: the accelerator if present, in bf16; else the CPU in fp32). On an accelerator
+the seconds are taken after the device has finished the edit's work.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +38,13 @@ SCORED = ("efficacy", "generalization", "locality")
 log = logging.getLogger("bench.edit_counterfact")
 
 
-def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA, help="the shared evaluation data folder")
-    p.add_argument("--n", "--limit", dest="n", type=int, default=10, help="number of CounterFact cases")
-    p.add_argument("--methods", nargs="+", default=["rome", "memit", "ft_l"], help="editing methods, by name")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--cache-dir", type=Path, default=Path(".pllm-home") / "models")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Score the unedited model, then every method, in this process: the figures and what they ran on."""
     from editing import METHODS, LocalModel, RuntimeConfig
 
     cases, skipped = load_counterfact(args.data / COUNTERFACT, args.n)
-    lm = LocalModel.load(RuntimeConfig(cache_dir=args.cache_dir, threads=args.threads))
+    lm = LocalModel.load(RuntimeConfig(model=args.model, cache_dir=args.cache_dir, device=args.device,
+                                       dtype=args.dtype, threads=args.threads))
     pre = score_all(lm, cases)
     summary: dict[str, Any] = {}
     cpu_per_edit: dict[str, float] = {}  # shown in the table only: the JSON line has exactly the figures asked for
@@ -58,10 +60,66 @@ def main() -> None:
         cpu_per_edit[method] = statistics.mean(cpu)
     _, before = aggregate(pre, pre)
     summary["pre"] = percent(before)
+    where = f"{lm.model.device.type}, {str(lm.model.dtype).removeprefix('torch.')}"
+    return {"summary": summary, "cpu_per_edit": cpu_per_edit, "model": f"{lm.model_id} ({where})",
+            "cases": len(cases), "skipped": skipped}
+
+
+def measure_in_parallel(args: argparse.Namespace) -> dict[str, Any]:
+    """One process per method, all started at once on the same cases (on an accelerator they share it).
+
+    Each process scores the unedited model too; those figures must agree, or the run is refused.
+    """
+    with tempfile.TemporaryDirectory(prefix="pllm-counterfact-") as tmp:
+        procs = []
+        for method in args.methods:
+            report = Path(tmp) / f"{method}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), str(args.data), "--n", str(args.n),
+                   "--methods", method, "--cache-dir", str(args.cache_dir), "--report", str(report)]
+            for flag in ("model", "device", "dtype", "threads"):
+                if getattr(args, flag) is not None:
+                    cmd += [f"--{flag}", str(getattr(args, flag))]
+            procs.append((method, report, subprocess.Popen(cmd)))
+        reports = []
+        for method, report, proc in procs:
+            if proc.wait() != 0 or not report.is_file():
+                raise SystemExit(f"the {method} process failed (exit {proc.returncode}); its output is above")
+            reports.append(json.loads(report.read_text()))
+    pres = {json.dumps(r["summary"]["pre"], sort_keys=True) for r in reports}
+    if len(pres) != 1:
+        raise SystemExit(f"the processes scored the unedited model differently: {sorted(pres)}")
+    merged = dict(reports[0])
+    merged["summary"] = {m: r["summary"][m] for m, r in zip(args.methods, reports)} | {"pre": reports[0]["summary"]["pre"]}
+    merged["cpu_per_edit"] = {m: r["cpu_per_edit"][m] for m, r in zip(args.methods, reports) if m in r["cpu_per_edit"]}
+    return merged
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA, help="the shared evaluation data folder")
+    p.add_argument("--n", "--limit", dest="n", type=int, default=10, help="number of CounterFact cases")
+    p.add_argument("--methods", nargs="+", default=["rome", "memit", "ft_l"], help="editing methods, by name")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--cache-dir", type=Path, default=Path(".pllm-home") / "models")
+    p.add_argument("--model", default=None, help="GGUF file or transformers folder (default: the packaged SmolLM2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the accelerator if present)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on an accelerator, else fp32)")
+    p.add_argument("--parallel", action="store_true",
+                   help="run each method in its own process, all at once (for an accelerator; its seconds are shared)")
+    p.add_argument("--report", type=Path, default=None, help=argparse.SUPPRESS)  # a --parallel child's figures
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bench").setLevel(logging.INFO)  # progress every 20 edits (a run cut short still tells)
+    result = measure_in_parallel(args) if args.parallel and len(args.methods) > 1 else measure(args)
+    if args.report is not None:
+        args.report.write_text(json.dumps(result))
+        return
+    summary, cpu_per_edit = result["summary"], result["cpu_per_edit"]
     rows = [(name, *("-" if f[k] is None else f"{f[k]:.1f}" for k in SCORED),
              "" if f.get("s_per_edit") is None else f"{f['s_per_edit']:.2f}",
              f"{cpu_per_edit[name]:.2f}" if name in cpu_per_edit else "") for name, f in summary.items()]
-    print_table(f"CounterFact on {lm.model_id}, {len(cases)} cases ({skipped} skipped), each edit alone (%)",
+    print_table(f"CounterFact on {result['model']}, {result['cases']} cases ({result['skipped']} skipped), each edit "
+                f"alone (%){', methods in parallel processes' if args.parallel else ''}",
                 ["method", *SCORED, "s/edit (wall)", "CPU s/edit"], rows)
     emit_json(summary)
 
