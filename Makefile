@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install demo test test-fast bench clean gpu-check-prep
+.PHONY: install demo test test-fast bench clean gpu-check-prep gpu-real-prep
 
 install: $(STAMP)
 
@@ -48,6 +48,25 @@ gpu-check-prep: $(STAMP)
 	$(PY) -m pip download -q --no-deps $(GPU_PLATFORM) -d $(GPU_DIR)/whl $(GPU_WHEELS_NODEPS)
 	rm -f $(GPU_DIR)/whl/numpy-*.whl  # the GPU machine's own numpy serves its torch
 	du -sh $(GPU_DIR)
+
+# The real SmolLM2 for the check's `counterfact` step: the packaged GGUF (98 MB), xz-compressed (90 MB) and cut in
+# two (30 MB + the rest), since one device call carries at most 64 MiB. Carry whl, smol and real-a in one call
+# (bench/gpu_check.sh keeps the part in /tmp), then real-b in the next while the machine is still warm. The
+# CounterFact cases travel in real-a. Wheels the GPU machine already has in a version pllm accepts (tokenizers
+# 0.23.2, safetensors 0.8, hf-xet, pygments) are left out to make room.
+DATA ?= ../shared/data
+gpu-real-prep: gpu-check-prep
+	rm -rf $(GPU_DIR)/real-a $(GPU_DIR)/real-b && mkdir -p $(GPU_DIR)/real-a/data/knowledge_editing $(GPU_DIR)/real-b
+	cp $(DATA)/knowledge_editing/counterfact-edit-1k.json $(GPU_DIR)/real-a/data/knowledge_editing/
+	$(PY) -m pip download -q --no-deps $(GPU_PLATFORM) -d $(GPU_DIR)/whl gguf==0.19.0
+	rm -f $(GPU_DIR)/whl/tokenizers-*.whl $(GPU_DIR)/whl/safetensors-*.whl $(GPU_DIR)/whl/hf_xet-*.whl \
+	  $(GPU_DIR)/whl/pygments-*.whl
+	gguf=$$($(PY) -c "from editing import locate_packaged_gguf; print(locate_packaged_gguf())") && \
+	  (cd $$(dirname $$gguf) && sha256sum $$(basename $$gguf)) > $(GPU_DIR)/real-a/gguf.sha256 && \
+	  xz -9e -T2 -c $$gguf > $(GPU_DIR)/gguf.xz && \
+	  head -c 30000000 $(GPU_DIR)/gguf.xz > $(GPU_DIR)/real-a/gguf.xz.aa && \
+	  tail -c +30000001 $(GPU_DIR)/gguf.xz > $(GPU_DIR)/real-b/gguf.xz.ab && rm $(GPU_DIR)/gguf.xz
+	du -sh $(GPU_DIR)/*
 
 clean:
 	rm -rf $(VENV) .pytest_cache .pllm-test-cache
