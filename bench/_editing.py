@@ -109,9 +109,10 @@ def default_hparams(lm: Any, method: str) -> Any:
     return hparams
 
 
-def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tuple[list[dict], list[float], list[float]]:
+def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any, *,
+              stats: Any = None) -> tuple[list[dict], list[float], list[float]]:
     """Edit each case alone (its deltas hooked in only while it is scored): post scores, then wall and CPU
-    seconds per edit.
+    seconds per edit. ``stats`` (an ``editing.SecondMoments``) gives the methods that use them key statistics.
 
     The seconds are the whole call of the method, not only the part a method reports in its own metrics.
     CPU seconds (this process) are given beside the wall time because a shared machine stretches the latter.
@@ -122,7 +123,7 @@ def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any) -> tupl
     post, wall, cpu = [], [], []
     for i, case in enumerate(cases, 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        [result] = compute(lm.model, lm.tokenizer, [case.request], hparams)
+        [result] = compute(lm.model, lm.tokenizer, [case.request], hparams, stats=stats)
         _finish(lm.model)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)

@@ -9,6 +9,10 @@ prompt are skipped (counted). Figures are percentages; ``s_per_edit`` is the mea
 
     python bench/edit_counterfact.py [DATA] [--n 200] [--methods rome memit ft_l] [--threads 1] [--json]
 
+``--stats-dir DIR`` gives ROME and MEMIT the key statistics C = E[kkᵀ] of their layers (20k tokens the model
+writes itself), measured before the first edit and cached in DIR; without it C = I. With ``--parallel`` each
+process measures what DIR lacks, so fill it first with a run of one case.
+
 ``--model`` takes a GGUF file or a transformers folder (default: the packaged SmolLM2); ``--device`` and
 ``--dtype`` place it (default: the accelerator if present, in bf16; else the CPU in fp32). On an accelerator
 the seconds are taken after the device has finished the edit's work.
@@ -40,11 +44,16 @@ log = logging.getLogger("bench.edit_counterfact")
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Score the unedited model, then every method, in this process: the figures and what they ran on."""
-    from editing import METHODS, LocalModel, RuntimeConfig
+    from editing import METHODS, LocalModel, RuntimeConfig, SecondMoments
 
     cases, skipped = load_counterfact(args.data / COUNTERFACT, args.n)
     lm = LocalModel.load(RuntimeConfig(model=args.model, cache_dir=args.cache_dir, device=args.device,
                                        dtype=args.dtype, threads=args.threads))
+    hparams = {m: default_hparams(lm, m) for m in args.methods if m in METHODS}
+    stats = None
+    if args.stats_dir is not None:
+        stats = SecondMoments(lm.model, lm.tokenizer, model_id=lm.model_id, cache_dir=args.stats_dir)
+        prefetch_statistics(stats, hparams.values())  # before any edit is timed: measured once, then cached
     pre = score_all(lm, cases)
     summary: dict[str, Any] = {}
     cpu_per_edit: dict[str, float] = {}  # shown in the table only: the JSON line has exactly the figures asked for
@@ -54,15 +63,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         method, sorted(METHODS))
             summary[method] = {**dict.fromkeys(SCORED), "s_per_edit": None}
             continue
-        post, seconds, cpu = edit_each(lm, cases, method, default_hparams(lm, method))
+        post, seconds, cpu = edit_each(lm, cases, method, hparams[method], stats=stats)
         after, _ = aggregate(pre, post)
         summary[method] = {**percent(after), "s_per_edit": round(statistics.mean(seconds), 2)}
         cpu_per_edit[method] = statistics.mean(cpu)
     _, before = aggregate(pre, pre)
     summary["pre"] = percent(before)
     where = f"{lm.model.device.type}, {str(lm.model.dtype).removeprefix('torch.')}"
+    where += ", key statistics C = E(kkᵀ)" if stats is not None else ", no key statistics (C = I)"
     return {"summary": summary, "cpu_per_edit": cpu_per_edit, "model": f"{lm.model_id} ({where})",
             "cases": len(cases), "skipped": skipped}
+
+
+def prefetch_statistics(stats: Any, all_hparams: Any) -> None:
+    """Measure (or load) C for every module the methods' updates use (ROME's layer, MEMIT's layers)."""
+    wanted: dict[int, set[str]] = {}
+    for hp in all_hparams:
+        if not hasattr(hp, "mom2_n_tokens"):
+            continue  # FT-L: no key statistics
+        layers = getattr(hp, "layers", None) or (hp.layer,)
+        wanted.setdefault(hp.mom2_n_tokens, set()).update(hp.rewrite_module_tmp.format(i) for i in layers)
+    for n_tokens, modules in wanted.items():
+        stats.prefetch(sorted(modules), n_tokens)
 
 
 def measure_in_parallel(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,9 +98,9 @@ def measure_in_parallel(args: argparse.Namespace) -> dict[str, Any]:
             report = Path(tmp) / f"{method}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), str(args.data), "--n", str(args.n),
                    "--methods", method, "--cache-dir", str(args.cache_dir), "--report", str(report)]
-            for flag in ("model", "device", "dtype", "threads"):
+            for flag in ("model", "device", "dtype", "threads", "stats_dir"):
                 if getattr(args, flag) is not None:
-                    cmd += [f"--{flag}", str(getattr(args, flag))]
+                    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             procs.append((method, report, subprocess.Popen(cmd)))
         reports = []
         for method, report, proc in procs:
@@ -104,6 +126,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="GGUF file or transformers folder (default: the packaged SmolLM2)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the accelerator if present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on an accelerator, else fp32)")
+    p.add_argument("--stats-dir", type=Path, default=None,
+                   help="key statistics C = E[kkᵀ] cached here, measured first if missing (default: none, C = I)")
     p.add_argument("--parallel", action="store_true",
                    help="run each method in its own process, all at once (for an accelerator; its seconds are shared)")
     p.add_argument("--report", type=Path, default=None, help=argparse.SUPPRESS)  # a --parallel child's figures
