@@ -7,7 +7,10 @@ is merged) is skipped with a logged note and ``null`` figures. Cases whose subje
 prompt are skipped (counted). Figures are percentages; ``s_per_edit`` is the mean wall time of one call
 (the context prefixes, the same for every edit, are generated once beforehand, as a caller making many edits does).
 
-    python bench/edit_counterfact.py [DATA] [--n 200] [--methods rome memit ft_l] [--threads 1] [--json]
+    python bench/edit_counterfact.py [DATA] [--n 200] [--methods rome memit ft_l] [--stats-dir DIR] [--threads 1]
+                                     [--json]
+
+DATA is the shared data folder or the CounterFact file itself (``knowledge_editing/counterfact-edit-1k.json``).
 
 ``--stats-dir DIR`` gives ROME and MEMIT the key statistics C = E[kkᵀ] of their layers (20k tokens the model
 writes itself), measured before the first edit and cached in DIR; without it C = I. With ``--parallel`` each
@@ -46,7 +49,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Score the unedited model, then every method, in this process: the figures and what they ran on."""
     from editing import METHODS, LocalModel, RuntimeConfig, SecondMoments
 
-    cases, skipped = load_counterfact(args.data / COUNTERFACT, args.n)
+    cases, skipped = load_counterfact(args.data if args.data.is_file() else args.data / COUNTERFACT, args.n)
     lm = LocalModel.load(RuntimeConfig(model=args.model, cache_dir=args.cache_dir, device=args.device,
                                        dtype=args.dtype, threads=args.threads))
     hparams = {m: default_hparams(lm, m) for m in args.methods if m in METHODS}
@@ -118,7 +121,7 @@ def measure_in_parallel(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA, help="the shared evaluation data folder")
+    p.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA, help="the shared data folder, or the CounterFact file")
     p.add_argument("--n", "--limit", dest="n", type=int, default=10, help="number of CounterFact cases")
     p.add_argument("--methods", nargs="+", default=["rome", "memit", "ft_l"], help="editing methods, by name")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
