@@ -134,6 +134,18 @@ def edit_each(lm: Any, cases: Sequence[Case], method: str, hparams: Any, *,
     return post, wall, cpu
 
 
+def prefetch_statistics(stats: Any, all_hparams: Any) -> None:
+    """Measure (or load) C for every module the methods' updates use (ROME's layer, MEMIT's layers)."""
+    wanted: dict[int, set[str]] = {}
+    for hp in all_hparams:
+        if not hasattr(hp, "mom2_n_tokens"):
+            continue  # FT-L: no key statistics
+        layers = getattr(hp, "layers", None) or (hp.layer,)
+        wanted.setdefault(hp.mom2_n_tokens, set()).update(hp.rewrite_module_tmp.format(i) for i in layers)
+    for n_tokens, modules in wanted.items():
+        stats.prefetch(sorted(modules), n_tokens)
+
+
 def _finish(model: Any) -> None:
     """Wait for the model's device to finish queued work (kernels run asynchronously on an accelerator)."""
     device = next(model.parameters()).device

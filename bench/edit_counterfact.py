@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench._common import emit_json, parser, print_table  # noqa: E402
 from bench._data import DEFAULT_DATA  # noqa: E402
-from bench._editing import aggregate, default_hparams, edit_each, load_counterfact, percent, score_all  # noqa: E402
+from bench._editing import (  # noqa: E402
+    aggregate, default_hparams, edit_each, load_counterfact, percent, prefetch_statistics, score_all)
 
 COUNTERFACT = Path("knowledge_editing") / "counterfact-edit-1k.json"
 SCORED = ("efficacy", "generalization", "locality")
@@ -76,18 +77,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     where += ", key statistics C = E(kkᵀ)" if stats is not None else ", no key statistics (C = I)"
     return {"summary": summary, "cpu_per_edit": cpu_per_edit, "model": f"{lm.model_id} ({where})",
             "cases": len(cases), "skipped": skipped}
-
-
-def prefetch_statistics(stats: Any, all_hparams: Any) -> None:
-    """Measure (or load) C for every module the methods' updates use (ROME's layer, MEMIT's layers)."""
-    wanted: dict[int, set[str]] = {}
-    for hp in all_hparams:
-        if not hasattr(hp, "mom2_n_tokens"):
-            continue  # FT-L: no key statistics
-        layers = getattr(hp, "layers", None) or (hp.layer,)
-        wanted.setdefault(hp.mom2_n_tokens, set()).update(hp.rewrite_module_tmp.format(i) for i in layers)
-    for n_tokens, modules in wanted.items():
-        stats.prefetch(sorted(modules), n_tokens)
 
 
 def measure_in_parallel(args: argparse.Namespace) -> dict[str, Any]:

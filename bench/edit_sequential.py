@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench._common import emit_json, parser, print_table  # noqa: E402
 from bench._data import DEFAULT_DATA  # noqa: E402
-from bench._editing import aggregate, default_hparams, load_counterfact, score_all  # noqa: E402
+from bench._editing import aggregate, default_hparams, load_counterfact, prefetch_statistics, score_all  # noqa: E402
 from bench.edit_counterfact import COUNTERFACT  # noqa: E402
 
 # Neutral text for the perplexity check (written for this bench; nothing in it is about CounterFact's subjects).
@@ -77,9 +77,8 @@ def edit_in_sequence(lm: Any, cases: Sequence[Any], method: str, stats: Any = No
     entry = get_method(method)
     hparams = default_hparams(lm, method)
     if stats is not None and hasattr(hparams, "mom2_n_tokens"):  # measured (or loaded) once, before the clock runs
-        layers = getattr(hparams, "layers", None) or (hparams.layer,)
         t0 = time.perf_counter()
-        stats.prefetch([hparams.rewrite_module_tmp.format(layer) for layer in layers], hparams.mom2_n_tokens)
+        prefetch_statistics(stats, [hparams])
         log.info("key statistics ready in %.1f s (measured on first use, then read from the cache)",
                  time.perf_counter() - t0)
     results, seconds = [], []
