@@ -259,10 +259,25 @@ def test_keys_are_stored_hashed_and_revocation_takes_effect(served) -> None:
     keys = KeyStore.under(stack.settings.home)
     made = keys.create(["fay"], name="temp")
     raw = (stack.settings.home / "keys.sqlite").read_bytes()
-    assert made.secret.encode() not in raw and made.secret.split("-")[2].encode() not in raw
+    # The random part is url-safe base64 and may itself contain "-": split off the prefix and key id only.
+    assert made.secret.encode() not in raw and made.secret.split("-", 2)[2].encode() not in raw
     assert httpx.get(f"{server.url}/v1/users/fay/facts", headers=_h(made.secret)).status_code == 200
     assert keys.revoke(made.key.key_id)
     assert httpx.get(f"{server.url}/v1/users/fay/facts", headers=_h(made.secret)).status_code == 401
+    keys.close()
+
+
+def test_a_key_whose_random_part_holds_dashes_verifies_and_a_tampered_one_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # token_urlsafe draws from A-Z a-z 0-9 - _, so about half of all keys hold a "-" after the key id; pin one.
+    import agent.serve.keys as keys_module
+    monkeypatch.setattr(keys_module.secrets, "token_urlsafe", lambda n: "-ab-cd-" + "x" * 36)
+    keys = KeyStore.under(tmp_path)
+    made = keys.create(["fay"], name="dashes")
+    assert made.secret.endswith("-ab-cd-" + "x" * 36)
+    assert keys.verify(made.secret) == made.key
+    assert keys.verify(made.secret[:-1] + "y") is None
+    assert keys.verify(made.secret.replace("-ab-", "-ab", 1)) is None
     keys.close()
 
 
