@@ -23,6 +23,7 @@ Parity = greedy tokens vs ``model.generate`` (real weights on D, random on Q/G).
 | fast step + fused qkv / gate-up weights              | —            | ≈ fast step   | —           | bit-identical       | no: copies weights, goes stale on edits |
 | 1 thread instead of 2                                | 16.5 (0.65)  | 19.8 vs 32.2 quiet-ish; 10 vs ~1 when oversubscribed | — | identical | ``RuntimeConfig.threads`` |
 | bf16 weights on CPU                                  | 24.0 (0.94)  | 26.4          | (default)   | diverges at token 3 | no                  |
+| bf16, weights packed once for oneDNN (editing/packed.py) | —        | 32.5 (unpacked bf16 25.5, fast fp32 28.3; 64 tokens, quiet) | — | as bf16: 25/64 | with ``--dtype bfloat16`` |
 | dynamic int8 (``quantize_dynamic`` on Linear)        | 40.7 (1.60)  | 43–50         | —           | diverges at token 1 | no: deprecated API, different replies, no PEFT |
 | incremental detokenization (short window)            | O(1) instead of O(n) decode per token | | | identical text | default |
 
@@ -30,7 +31,11 @@ The 2× goal is not met with exact parity: at fp32 each token reads all 540 MB o
 17 GB/s from 2 threads), so once the Python overhead is gone (the fast step) memory bandwidth is the
 likely bound; fewer bytes per weight (int8 / 4-bit, as llama.cpp does) go further but change replies.
 
-``--all`` re-measures the bf16, int8 and 1-thread rows in the same run.
+``--all`` re-measures the bf16 (packed and not), int8 and 1-thread rows in the same run. bf16 on this CPU (AVX512-BF16
+/ AMX): ``F.linear`` repacks a bf16 weight on every call, which cost more than the product at one row; packed once,
+one decode step of SmolLM2 took 26 ms at 1 row and 30 ms at 4 rows against fp32's 33 / 55 ms and unpacked bf16's
+35 / 36 ms (a ``python -`` timing of ``_LlamaStep`` on a 250-token prompt, not kept). Replies differ from fp32's
+(bf16 rounding), which is why fp32 stays the CPU default.
 
 ``adapter_ratio``: tok/s of a user with ``--edits`` (50) rank-one edits — random unit keys, values of 1 %
 of the weight's norm, spread over ``down_proj`` of layers 3–6 — saved as a PEFT LoRA folder, published in an
@@ -41,6 +46,7 @@ of the weight's norm, spread over ``down_proj`` of layers 3–6 — saved as a P
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -109,7 +115,18 @@ def _variants(lm, ids, tokens: int, include_all: bool, view=None) -> dict[str, C
                 torch.set_num_threads(before)
 
         variants["pllm-1-thread"] = one_thread
-        variants["pllm-bf16"] = ours(copy.deepcopy(lm.model).to(torch.bfloat16))
+        bf16 = copy.deepcopy(lm.model).to(torch.bfloat16)
+        variants["pllm-bf16"] = ours(bf16)  # weights packed for oneDNN once (editing/packed.py)
+
+        def bf16_unpacked(n: int, run=ours(bf16)) -> list[int]:
+            before = os.environ.get("PLLM_PACKED_LINEAR")
+            os.environ["PLLM_PACKED_LINEAR"] = "0"
+            try:
+                return run(n)
+            finally:
+                os.environ.pop("PLLM_PACKED_LINEAR") if before is None else os.environ.update(PLLM_PACKED_LINEAR=before)
+
+        variants["pllm-bf16-unpacked"] = bf16_unpacked
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated: that is one reason it is not kept
             int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(lm.model), {torch.nn.Linear}, dtype=torch.qint8)

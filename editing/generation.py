@@ -7,7 +7,8 @@ the loop has two step implementations behind one interface:
 
 * :class:`_LlamaStep` — the fast path. One decode step of a plain Llama-architecture model written as
   straight tensor ops over the model's *own* weight tensors (no copies: in-place weight edits are
-  seen at once) into a preallocated KV buffer. It repeats transformers' operations in the same order,
+  seen at once; bf16 on a CPU uses copies packed for oneDNN, rebuilt when a weight changes — see
+  :mod:`editing.packed`) into a preallocated KV buffer. It repeats transformers' operations in the same order,
   so its logits are bit-identical to the model's forward (the parity test checks greedy tokens against
   ``model.generate``). It applies only when that is guaranteed: see :meth:`_LlamaStep.unsupported_reason`.
 * :class:`_ModelStep` — the general path: ``model(...)`` with a ``DynamicCache``. Used for everything
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from editing.errors import InvalidRequest
 from editing.hooks import RowLora, apply_deltas, apply_row_deltas, lora_term, merge_per_module, stack_row_deltas
+from editing.packed import PackedLinears, packed_linears
 from editing.requests import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,9 +272,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 _Term = Callable[[torch.Tensor], torch.Tensor]  # x (batch, 1, in) → a low-rank term (batch, 1, out)
 
 
-def _linear(x: torch.Tensor, module: Any, lora: _Term | None) -> torch.Tensor:
-    """``module(x)`` as tensor ops, plus the user's low-rank term ``lora(x)`` when there is one."""
-    out = F.linear(x, module.weight, module.bias)
+def _linear(x: torch.Tensor, module: Any, lora: _Term | None, packed: PackedLinears | None = None) -> torch.Tensor:
+    """``module(x)`` as tensor ops (from its pre-packed bf16 weight when there is one), plus the user's low-rank
+    term ``lora(x)`` when there is one."""
+    out = F.linear(x, module.weight, module.bias) if packed is None else packed.linear(x, module)
     return out if lora is None else out + lora(x)
 
 
@@ -360,6 +363,9 @@ class _LlamaStep:
             for layer in inner.layers[: cfg.num_hidden_layers]
         ]
         self.lora = self._terms(model, deltas, row_deltas)  # per layer: slot ("q", ..., "down") → term
+        # bf16 on a CPU: every projection and the LM head from weights packed once (editing/packed.py); else None.
+        self.packed = packed_linears(model, [getattr(ly, slot) for ly in self.layers for slot in _SLOTS]
+                                     + [self.lm_head])
         self._model = model
         self._rows = None if row_deltas is None else [tuple(r) for r in row_deltas]  # kept for join()
         first = cache.layers[0].keys  # (batch, kv_heads, T, head_dim)
@@ -452,6 +458,7 @@ class _LlamaStep:
     def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """``token`` (batch, 1) at cache column ``position`` → next-token logits (batch, V)."""
         batch = token.shape[0]
+        pk = self.packed
         x = F.embedding(token, self.embed)  # (batch, 1, H)
         cos, sin = self.rotary(x, position - self.pads)  # (batch, 1, head_dim) each: every row's own position
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (batch, 1, 1, head_dim): broadcast over heads
@@ -460,9 +467,9 @@ class _LlamaStep:
         for i, ly in enumerate(self.layers):
             h = _rms_norm(x, ly.norm1.weight, ly.norm1.variance_epsilon)
             lora = self.lora[i]
-            q = _linear(h, ly.q, lora.get("q")).view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = _linear(h, ly.k, lora.get("k")).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = _linear(h, ly.v, lora.get("v")).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = _linear(h, ly.q, lora.get("q"), pk).view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = _linear(h, ly.k, lora.get("k"), pk).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = _linear(h, ly.v, lora.get("v"), pk).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin  # (batch, heads, 1, head_dim)
             k = k * cos + _rotate_half(k) * sin  # (batch, kv_heads, 1, head_dim)
             self.keys[i, :, :, position:end] = k
@@ -472,12 +479,12 @@ class _LlamaStep:
                                                   attn_mask=mask, scale=ly.scaling,
                                                   enable_gqa=self.heads != self.kv_heads)
             attn = attn.transpose(1, 2).reshape(batch, 1, -1)  # (batch, 1, heads * head_dim)
-            x = x + _linear(attn, ly.o, lora.get("o"))
+            x = x + _linear(attn, ly.o, lora.get("o"), pk)
             h = _rms_norm(x, ly.norm2.weight, ly.norm2.variance_epsilon)
-            gate = _linear(h, ly.gate, lora.get("gate"))
-            x = x + _linear(ly.act(gate) * _linear(h, ly.up, lora.get("up")), ly.down, lora.get("down"))
+            gate = _linear(h, ly.gate, lora.get("gate"), pk)
+            x = x + _linear(ly.act(gate) * _linear(h, ly.up, lora.get("up"), pk), ly.down, lora.get("down"), pk)
         h = _rms_norm(x, self.final_norm.weight, self.final_norm.variance_epsilon)
-        return F.linear(h, self.lm_head.weight, self.lm_head.bias)[:, -1, :]  # (batch, V)
+        return _linear(h, self.lm_head, None, pk)[:, -1, :]  # (batch, V)
 
 
 # ---------------------------------------------------------------------------------------------- loop
