@@ -14,9 +14,11 @@
 #   generate       the fast decode step with a 50-edit user vs the base model (bench/generate.py)
 #   counterfact    only when named in STEPS, after `make gpu-real-prep`: the real SmolLM2, put back together from
 #                  real-a and real-b (carried by two calls in a row, kept in /tmp/pllm-parts between them), edited
-#                  on CF_N CounterFact cases by ROME, MEMIT and FT-L, each in its own process
+#                  on CF_N (default 50) CounterFact cases by ROME, MEMIT and FT-L, each in its own process
 #                  (bench/edit_counterfact.py --parallel), once per dtype in CF_DTYPES (default float32; the runs
-#                  go at once); CF_LIMIT (s) bounds them
+#                  go at once); CF_LIMIT (s) bounds them. On an H200 one edit of this 135M model took 2-4.5 s
+#                  (launch-bound, about the CPU's time), so 200 cases × 3 methods × 2 dtypes did not fit in 440 s:
+#                  keep CF_N × 4.5 s well inside CF_LIMIT
 # PYTEST_ARGS replaces the pytest step's default target (tests/editing).
 # DEVICE=cpu runs the same steps on the CPU (a dry run of this script); LIMIT (s) bounds each step; STEPS="build
 # pytest" runs only those.
@@ -79,7 +81,7 @@ if [[ " ${STEPS:-} " == *" counterfact "* ]]; then
 ensure_converted(Path('$GGUF'), Path('/tmp/pllm-real-models'))" >>"$OUT/real_model.log" 2>&1
     for dtype in ${CF_DTYPES:-float32}; do  # each dtype in its own run, all at once
       STEPS=counterfact_$dtype LIMIT=${CF_LIMIT:-480} TAIL=14 step counterfact_$dtype "$PY" bench/edit_counterfact.py \
-        $PARTS/real-a/data --n "${CF_N:-200}" --model "$GGUF" --device "$DEVICE" --dtype "$dtype" \
+        $PARTS/real-a/data --n "${CF_N:-50}" --model "$GGUF" --device "$DEVICE" --dtype "$dtype" \
         --cache-dir /tmp/pllm-real-models --parallel --json &
     done
     wait

@@ -33,14 +33,15 @@ _lock = threading.Lock()
 _by_model: "weakref.WeakKeyDictionary[Any, PackedLinears]" = weakref.WeakKeyDictionary()
 
 
-def packing_reason(weight: torch.Tensor) -> str | None:
-    """Why weights like ``weight`` are not packed (``None`` = they are)."""
+def packing_reason(device: torch.device | str, dtype: torch.dtype) -> str | None:
+    """Why weights of ``dtype`` on ``device`` are not packed (``None`` = they are)."""
     if os.environ.get("PLLM_PACKED_LINEAR", "1").strip().lower() in ("0", "false", "no", "off"):
         return "PLLM_PACKED_LINEAR=0"
-    if weight.device.type != "cpu":
-        return f"weights on {weight.device.type}, not the CPU"
-    if weight.dtype != torch.bfloat16:
-        return f"weights are {weight.dtype}, not bfloat16"
+    kind = torch.device(device).type
+    if kind != "cpu":
+        return f"weights on {kind}, not the CPU"
+    if dtype != torch.bfloat16:
+        return f"weights are {str(dtype).removeprefix('torch.')}, not bfloat16"
     if not torch.backends.mkldnn.is_available():
         return "torch was built without oneDNN"
     try:
@@ -84,7 +85,7 @@ def packed_linears(model: Any, modules: Sequence[Any]) -> PackedLinears | None:
     packing does not apply (see :func:`packing_reason`) or a module is not a bias-free or biased ``nn.Linear``."""
     if not modules:
         return None
-    reason = packing_reason(modules[0].weight)
+    reason = packing_reason(modules[0].weight.device, modules[0].weight.dtype)
     if reason is None and not all(isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16
                                   and m.weight.device.type == "cpu" for m in modules):
         reason = "not every projection is a bf16 nn.Linear on the CPU"

@@ -19,7 +19,7 @@ from editing.packed import packing_reason
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
            "List three uses of a paperclip, then explain which one is best and why."]
 
-_REASON = packing_reason(torch.zeros(1, dtype=torch.bfloat16))
+_REASON = packing_reason("cpu", torch.bfloat16)
 needs_packing = pytest.mark.skipif(_REASON is not None, reason=f"bf16 weights are not packed here: {_REASON}")
 
 
@@ -110,3 +110,14 @@ def test_an_in_place_weight_change_is_seen_by_the_next_step(local_model: LocalMo
     finally:
         with torch.no_grad():
             down.copy_(original)
+
+
+def test_the_device_plan_says_whether_bf16_decoding_is_packed(monkeypatch) -> None:
+    from editing.device import DevicePlan
+
+    plan = DevicePlan(torch.device("cpu"), torch.bfloat16)
+    assert DevicePlan(torch.device("cpu"), torch.float32).describe() == "cpu (float32)"
+    expected = "cpu (bfloat16, packed linears)" if _REASON is None else f"cpu (bfloat16, not packed: {_REASON})"
+    assert plan.describe() == expected
+    monkeypatch.setenv("PLLM_PACKED_LINEAR", "0")
+    assert plan.describe() == "cpu (bfloat16, not packed: PLLM_PACKED_LINEAR=0)"
