@@ -3,9 +3,12 @@
 On a CPU, ``F.linear`` of a bf16 weight reorders (packs) the weight into oneDNN's blocked layout on *every* call;
 for the small matrices of one decode step (one to a few rows of input) that repacking costs more than the product.
 Packing each weight once (``torch.ops.mkldnn._reorder_linear_weight``) and running ``_linear_pointwise`` on the
-packed copy removes it: on the 2-core Xeon of ``bench/generate.py``'s notes, SmolLM2's 210 projections of one step
-take 14-16 ms packed against 23 ms unpacked in bf16 and 18 ms (1 row) / 30 ms (4 rows) in fp32, and the cost
-hardly grows with the rows of a batch. The results are the same numbers ``F.linear`` gives (one oneDNN kernel).
+packed copy removes it. On the 2-core Xeon of ``bench/generate.py``'s notes, 210 random matrices of the shapes of
+SmolLM2's projections (one decode step's) took 14-16 ms packed against 23 ms unpacked in bf16 and 18 ms (1 row) /
+30 ms (4 rows) in fp32, and the packed cost hardly grew with the rows of a batch (a ``python -`` timing, not kept).
+The results are the numbers ``F.linear`` gives (``tests/editing/test_packed.py`` checks the step's logits against
+the model's forward bit for bit). The cost: a second copy of the projections and the LM head (about 270 MB for
+SmolLM2 in bf16).
 
 Only for bf16 weights on a CPU whose oneDNN runs bf16; anything else (fp32, an accelerator, a torch without the
 ops) gets ``None`` and the caller keeps ``F.linear``. Packed copies are kept per model and rebuilt when a weight
@@ -82,7 +85,7 @@ class PackedLinears:
 
 def packed_linears(model: Any, modules: Sequence[Any]) -> PackedLinears | None:
     """The packed copies of ``modules`` (all of ``model``), built once per model and weight version; ``None`` when
-    packing does not apply (see :func:`packing_reason`) or a module is not a bias-free or biased ``nn.Linear``."""
+    packing does not apply (see :func:`packing_reason`) or a module is not a bf16 ``nn.Linear`` on the CPU."""
     if not modules:
         return None
     reason = packing_reason(modules[0].weight.device, modules[0].weight.dtype)
