@@ -124,7 +124,10 @@ def _variants(lm, ids, tokens: int, include_all: bool, view=None) -> dict[str, C
             try:
                 return run(n)
             finally:
-                os.environ.pop("PLLM_PACKED_LINEAR") if before is None else os.environ.update(PLLM_PACKED_LINEAR=before)
+                if before is None:
+                    del os.environ["PLLM_PACKED_LINEAR"]
+                else:
+                    os.environ["PLLM_PACKED_LINEAR"] = before
 
         variants["pllm-bf16-unpacked"] = bf16_unpacked
         with warnings.catch_warnings():
