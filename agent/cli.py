@@ -23,6 +23,7 @@ from agent.cli_common import (
     MODEL_PANEL,
     PLLM_ERRORS,
     DeviceOpt,
+    DtypeOpt,
     HomeOpt,
     MaxNewTokensOpt,
     ModelOpt,
@@ -72,14 +73,15 @@ def _dist_version(dist: str) -> str:
 
 
 @app.command()
-def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0) -> None:
+def info(home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
+         verbose: VerboseOpt = 0) -> None:
     """Versions, device, model and cache state."""
     setup(verbose)
     from agent.stack import stack_capabilities
     from editing import cache_state, cached_folder_for, choose_device, locate_packaged_gguf
     from editing.errors import ModelNotFound
 
-    s = settings(home, model=model, device=device)
+    s = settings(home, model=model, device=device, dtype=dtype)
     rc = s.runtime_config()
     rows: list[tuple[str, str]] = [("pllm", pllm_version())]
     rows += [(d, _dist_version(d)) for d in ("torch", "transformers", "peft", "chromadb", "langgraph", "langchain-core",
@@ -113,13 +115,15 @@ def generate(
     system: Annotated[Optional[str], typer.Option(metavar="TEXT", rich_help_panel=MODEL_PANEL,
                                                   show_default="a helpful assistant", help="system prompt")] = None,
     max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
-    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
+    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Stream the local model's reply to PROMPT (no memory involved)."""
     setup(verbose)
     from editing import LocalModel
 
-    s = settings(home, model=model, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+    s = settings(home, model=model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                 temperature=temperature)
     try:
         with console.status("loading the model (the first run converts it, ≈ 30 s)…"):
             local = LocalModel.load(s.runtime_config())
@@ -154,7 +158,8 @@ def chat(
     session: Annotated[str, typer.Option(metavar="NAME",
                                          help="conversation thread (resumes if it exists)")] = "default",
     max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
-    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
+    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Chat with your personal agent.
 
@@ -170,7 +175,8 @@ def chat(
         user = check_user_id(user)
     except PLLM_ERRORS as exc:
         fail(exc)
-    s = settings(home, model=model, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+    s = settings(home, model=model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                 temperature=temperature)
     stack = _load_stack(s)
     try:
         reader = make_reader(console, s.home, user, stdin_is_tty=sys.stdin.isatty())
@@ -189,7 +195,7 @@ def demo(
     home: Annotated[Optional[Path], typer.Option("--home", metavar="DIR", show_default="a fresh temporary one",
                                                  help="pllm home")] = None,
     max_new_tokens: DemoTokensOpt = None, temperature: TemperatureOpt = None,
-    model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
+    model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None, verbose: VerboseOpt = 0,
 ) -> None:
     """A scripted conversation over three sessions: the agent uses what it learnt; a changed preference
     replaces the old one."""
@@ -200,7 +206,7 @@ def demo(
     from agent.stack import build_stack
 
     with tempfile.TemporaryDirectory(prefix="pllm-demo-") as tmp:
-        s = settings(home or Path(tmp), model=model, device=device, max_new_tokens=max_new_tokens or 48,
+        s = settings(home or Path(tmp), model=model, device=device, dtype=dtype, max_new_tokens=max_new_tokens or 48,
                      temperature=temperature)
         if s.model_cache is None:  # reuse the converted model of the default home, not a fresh conversion
             from agent.settings import Settings

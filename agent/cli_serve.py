@@ -14,6 +14,7 @@ from agent.cli_common import (
     PLLM_ERRORS,
     PllmTyper,
     DeviceOpt,
+    DtypeOpt,
     HomeOpt,
     MaxNewTokensOpt,
     ModelOpt,
@@ -52,7 +53,8 @@ def serve(
         metavar="MS", min=0.0, help="gather concurrent replies this long and decode them as one batch (0: one at a time)")] = 25.0,
     max_batch: Annotated[int, typer.Option(metavar="N", min=2, help="most replies decoded together")] = 8,
     max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
-    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, verbose: VerboseOpt = 0,
+    home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Serve pllm over HTTP: OpenAI-compatible chat at /v1/chat/completions, the memory REST API (OpenAPI at /docs)
     and a web chat with a live memory panel at /.
@@ -69,7 +71,8 @@ def serve(
     if not keys_on and not is_loopback(host):
         console.print(f"[yellow]warning:[/] serving on {escape(host)} without API keys: anyone who can reach it "
                       "reads and writes every user's memory")
-    s = settings(home, model=model, device=device, max_new_tokens=max_new_tokens, temperature=temperature)
+    s = settings(home, model=model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                 temperature=temperature)
     keys = KeyStore.under(s.home)
     if keys_on and not keys.active():
         keys.close()
@@ -80,7 +83,9 @@ def serve(
         if stack.local is not None:
             stack.local.enable_batching(batch_window_ms, max_batch)
         app = create_app(stack, keys=keys, require_keys=keys_on)
-        console.print(f"pllm serving [bold]{escape(stack.local.model_id if stack.local else 'chat model')}[/] on "
+        served = escape(stack.local.model_id if stack.local else "chat model")
+        placement = f" ({escape(stack.local.plan.describe())})" if stack.local else ""
+        console.print(f"pllm serving [bold]{served}[/]{placement} on "
                       f"http://{escape(host)}:{port}  (web chat /, API docs /docs, OpenAI base_url "
                       f"http://{escape(host)}:{port}/v1; keys {'required' if keys_on else 'off'})")
         uvicorn.run(app, host=host, port=port, log_level="warning" if verbose == 0 else "info")

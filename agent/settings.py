@@ -123,6 +123,18 @@ class Settings(BaseSettings):
     def _expand(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, (str, Path)) else value
 
+    @field_validator("device", "dtype")
+    @classmethod
+    def _known_placement(cls, value: str | None, info: Any) -> str | None:
+        if value in (None, "", "auto"):
+            return value  # (no torch import for the default)
+        from editing.device import device_problem
+
+        problem = device_problem(**{info.field_name: value})
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(model=self.model, cache_dir=self.model_cache or self.home / "models",
                              device=self.device, dtype=self.dtype, threads=self.threads)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DevicePlan", "choose_device"]
+__all__ = ["DTYPE_NAMES", "DevicePlan", "choose_device", "device_problem"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,19 @@ class DevicePlan:
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+DTYPE_NAMES = (*sorted(_DTYPES), "auto")  # what a dtype setting may say
+
+
+def device_problem(device: str | None = None, dtype: str | None = None) -> str | None:
+    """What is wrong with a device / dtype setting, in words a user can act on (``None``: nothing)."""
+    if dtype not in (None, "") and dtype not in DTYPE_NAMES:
+        return f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_NAMES)}"
+    if device not in (None, "", "auto"):
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            return f"unknown device {device!r}: use cpu, cuda, cuda:1, mps, another torch device name, or auto"
+    return None
 
 
 def choose_device(device: str | None = None, dtype: str | None = None) -> DevicePlan:

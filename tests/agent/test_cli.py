@@ -90,6 +90,21 @@ def test_info_reports_versions_device_and_cache(cli_env: dict[str, str]) -> None
         assert expected in result.output
 
 
+def test_info_dtype_flag_shows_the_placement_and_bad_placements_fail_clearly(tmp_path: Path) -> None:
+    env = {"PLLM_HOME": str(tmp_path / "home")}
+    result = CliRunner().invoke(app, ["info", "--dtype", "bfloat16", "--device", "cpu"], env=env)
+    assert result.exit_code == 0, result.output
+    device_line = next(line for line in result.output.splitlines() if "device" in line and "cpu" in line)
+    assert "bfloat16" in device_line and ("packed linears" in device_line or "not packed" in device_line)
+    for args, extra_env, said in [(["info", "--dtype", "bf17"], {}, "unknown dtype 'bf17'"),
+                                  (["info"], {"PLLM_DTYPE": "int3"}, "unknown dtype 'int3'"),
+                                  (["info", "--device", "gpu0"], {}, "unknown device 'gpu0'")]:
+        bad = CliRunner().invoke(app, args, env={**env, **extra_env})
+        assert bad.exit_code == 2, (args, bad.output)
+        assert said in bad.output and "Traceback" not in bad.output, bad.output
+        _no_markup(bad.output)
+
+
 def test_generate_streams_an_answer(cli_env: dict[str, str]) -> None:
     result = CliRunner().invoke(app, ["generate", "What is the capital of France?", "--max-new-tokens", "20"], env=cli_env)
     assert result.exit_code == 0, result.output
