@@ -61,6 +61,6 @@ def choose_device(device: str | None = None, dtype: str | None = None) -> Device
         dt = torch.bfloat16 if bf16_ok else torch.float32
     else:
         if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
+            raise ValueError(device_problem(dtype=dtype))
         dt = _DTYPES[dtype]
     return DevicePlan(device=dev, dtype=dt)
