@@ -153,6 +153,7 @@ def main() -> None:
         th.join(timeout=max(1.0, deadline - time.monotonic() + 60))
     wall = time.perf_counter() - t0
     server.should_exit = True
+    stack.local.batcher.wait_idle(timeout=60)  # a client returns when its row ends; the batch's counts come after
     batch_sizes = list(stack.local.batcher.batch_sizes) if stack.local.batcher else []
     joined = stack.local.batcher.joined if stack.local.batcher else 0
 

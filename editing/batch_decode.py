@@ -10,7 +10,8 @@
   else the model's own forward with a ``DynamicCache`` under the same per-row hooks (any architecture
   whose projections the deltas name; a PEFT model's ``adapter_names=[...]`` mixed batch passes through as a
   model kwarg). A row that ends (end-of-reply token, stop string, ``max_new_tokens``) leaves the batch:
-  its KV cache rows and LoRA rows are dropped, so later steps compute only the rows still going.
+  its KV cache rows and LoRA rows are dropped, so later steps compute only the rows still going, and its
+  reply is handed out at once (``on_done``): a short reply is not held until the batch's longest row ends.
 
 Greedy row ``b`` gives the same tokens as :meth:`editing.generation.Decoder.stream` of that prompt alone
 (tests check it token for token in fp32); the logits differ from the solo run only by float rounding (masked
@@ -140,14 +141,15 @@ class BatchDecoder:
     @torch.inference_mode()
     def run(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
             deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
-            on_piece: Callable[[int, str], None] | None = None, admit: Admit | None = None,
-            **model_kwargs: Any) -> list[str]:
+            on_piece: Callable[[int, str], None] | None = None, on_done: Callable[[int, str], None] | None = None,
+            admit: Admit | None = None, **model_kwargs: Any) -> list[str]:
         """The reply to each prompt (each ``(1, T_i)``), row ``b`` run with ``deltas_per_row[b]``.
 
         Each row stops on its own (end-of-reply token unless ``settings.ignore_eos``, stop string, or
         ``settings.max_new_tokens``). Per-row model kwargs are lists with one entry per row. ``on_piece(row,
         text)`` is called with each row's text as soon as it is safe to show (streaming several requests at once);
-        the pieces of a row concatenate to its reply.
+        the pieces of a row concatenate to its reply. ``on_done(row, reply)`` is called once per row, as soon as
+        that row ends (after its last piece), while the other rows go on decoding.
 
         ``admit(active)`` (continuous batching, fast step only): called after every step with the number of rows
         still decoding; the ``(prompt, deltas)`` pairs it returns join the batch at once (their prefill runs, then
@@ -175,6 +177,16 @@ class BatchDecoder:
         open_rows(prompts)
         pieces: list[list[str]] = [[] for _ in prompts]
         made = [0] * len(prompts)  # tokens generated per row
+        replies: dict[int, str] = {}
+
+        def finish(row: int) -> None:
+            """Row ``row`` has ended: flush its text and hand its reply out."""
+            tail = texts[row].finish()
+            if on_piece is not None and tail:
+                on_piece(row, tail)
+            replies[row] = "".join(pieces[row]) + tail
+            if on_done is not None:
+                on_done(row, replies[row])
 
         stacks = self._stacks(rows)  # once for the prefill and the general step
         logits, cache = self._prefill(input_ids, pads, stacks, model_kwargs)
@@ -201,6 +213,10 @@ class BatchDecoder:
                     keep.append(pos)  # the last tokens' logits are never needed: no forward for a row at its cap
                     tokens.append(next_id)
             if len(keep) < len(active):
+                kept = set(keep)
+                for pos, row in enumerate(active):
+                    if pos not in kept:
+                        finish(row)
                 step.select(torch.tensor(keep, dtype=torch.long, device=device))
                 active = [active[pos] for pos in keep]
             if keep:
@@ -221,13 +237,7 @@ class BatchDecoder:
                 active += list(range(first, first + len(new_prompts)))
                 self.joined += len(new_prompts)
         self.last_token_ids = [text.ids for text in texts]
-        replies = []
-        for row, (done, text) in enumerate(zip(pieces, texts)):
-            tail = text.finish()
-            if on_piece is not None and tail:
-                on_piece(row, tail)
-            replies.append("".join(done) + tail)
-        return replies
+        return [replies[row] for row in range(len(texts))]
 
     def _join(self, step: _LlamaStep, joining: Sequence[tuple[torch.Tensor, Sequence[LowRankDelta]]],
               logits: torch.Tensor | None, column: int, settings: GenerationSettings,
@@ -249,8 +259,8 @@ class BatchDecoder:
 
 def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
                  settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
-                 on_piece: Callable[[int, str], None] | None = None, admit: Admit | None = None,
-                 **model_kwargs: Any) -> list[str]:
+                 on_piece: Callable[[int, str], None] | None = None, on_done: Callable[[int, str], None] | None = None,
+                 admit: Admit | None = None, **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
-    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, on_piece=on_piece, admit=admit,
-                                              **model_kwargs)
+    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, on_piece=on_piece, on_done=on_done,
+                                              admit=admit, **model_kwargs)

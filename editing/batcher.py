@@ -8,7 +8,8 @@ after every step; a request with other settings, or one that finds the batch ful
 which takes what is left when that batch ends). A whole-reply request (:meth:`RequestBatcher.submit`)
 leads in its own thread; a streaming one (:meth:`RequestBatcher.stream`) hands the lead to a short-lived
 thread, so its caller can read its pieces from a queue while the batch runs (every row's text is pushed to
-its request as soon as the decoder has it).
+its request as soon as the decoder has it). A request is done when its own row ends (``run_batch``'s ``on_done``):
+its caller gets the reply, or the end of its stream, then, not when the batch's longest row ends.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from editing.requests import LowRankDelta
 
 __all__ = ["BatchRequest", "RequestBatcher"]
 
-# run_batch(prompts, settings, deltas_per_row, *, on_piece, admit) -> replies; on_piece(row, text) streams rows' text;
-# admit(active rows) hands the decode loop the queued requests that join it (editing.batch_decode.Admit).
+# run_batch(prompts, settings, deltas_per_row, *, on_piece, on_done, admit) -> replies; on_piece(row, text) streams
+# rows' text; on_done(row, reply) hands out a row's reply when it ends; admit(active rows) hands the decode loop the
+# queued requests that join it (editing.batch_decode.Admit).
 RunBatch = Callable[..., list[str]]
 
 _END = object()  # end of a streaming request's pieces
@@ -63,6 +65,15 @@ class RequestBatcher:
         self.batch_sizes: list[int] = []  # rows of every batch run (joined ones included), for logs and tests
         self.continuous = continuous  # requests may join a running batch (run_batch's admit=)
         self.joined = 0  # requests that joined a running batch
+        self._leading = 0  # leaders not yet done (waiting out a window, or running a batch)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request is queued and no batch is forming or running; False if ``timeout`` ran out.
+
+        A caller is woken as soon as its own row ends, so a batch may still be decoding other rows (and
+        :attr:`batch_sizes` not yet hold it) when every caller has its reply; this waits for that batch too."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._forming and not self._leading, timeout)
 
     def _enqueue(self, request: BatchRequest) -> bool:
         """Queue ``request``; True when its caller must lead the next batch."""
@@ -91,8 +102,14 @@ class RequestBatcher:
         The batch's error, if any, is raised by the iterator after the pieces that came before it."""
         request = BatchRequest(input_ids, tuple(deltas), settings, pieces=queue.SimpleQueue())
         if self._enqueue(request):
-            threading.Thread(target=self._lead, name="pllm-batch-leader", daemon=True).start()
+            self._start_leader()
         return self._pieces(request)
+
+    def _start_leader(self) -> None:
+        """Lead the next batch on a short-lived thread (counted from now, so :meth:`wait_idle` sees it)."""
+        with self._cond:
+            self._leading += 1
+        threading.Thread(target=self._lead, kwargs={"counted": True}, name="pllm-batch-leader", daemon=True).start()
 
     @staticmethod
     def _pieces(request: BatchRequest) -> Iterator[str]:
@@ -102,7 +119,18 @@ class RequestBatcher:
         if request.error is not None:
             raise request.error
 
-    def _lead(self) -> None:
+    def _lead(self, counted: bool = False) -> None:
+        if not counted:
+            with self._cond:
+                self._leading += 1
+        try:
+            self._lead_batch()
+        finally:
+            with self._cond:
+                self._leading -= 1
+                self._cond.notify_all()
+
+    def _lead_batch(self) -> None:
         deadline = time.monotonic() + self.window_s
         with self._cond:
             while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
@@ -114,7 +142,7 @@ class RequestBatcher:
                 taken, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
                 overflow = self._forming = bool(self._queue)
             if overflow:  # more than one batch was queued: the rest gets its own leader
-                threading.Thread(target=self._lead, daemon=True).start()
+                self._start_leader()
             groups: dict[GenerationSettings, list[BatchRequest]] = {}
             for request in taken:
                 groups.setdefault(request.settings, []).append(request)
@@ -126,6 +154,11 @@ class RequestBatcher:
             sink = group[row].pieces
             if sink is not None:
                 sink.put(text)
+
+        def on_done(row: int, reply: str) -> None:
+            request = group[row]
+            request.reply = reply
+            self._finish(request)
 
         def admit(active: int) -> list[tuple[torch.Tensor, tuple[LowRankDelta, ...]]]:
             """Requests queued since the batch started, with its settings, join it (up to max_batch rows)."""
@@ -142,15 +175,23 @@ class RequestBatcher:
 
         try:
             replies = self.run_batch([r.input_ids for r in group], settings, [r.deltas for r in group],
-                                     on_piece=on_piece, admit=admit if self.continuous else None)
+                                     on_piece=on_piece, on_done=on_done, admit=admit if self.continuous else None)
             self.batch_sizes.append(len(group))
             for request, reply in zip(group, replies):
-                request.reply = reply
-        except BaseException as err:  # every waiting thread hears about it, not just the leader
+                if not request.done.is_set():
+                    request.reply = reply
+        except BaseException as err:  # every thread still waiting hears about it, not just the leader
             for request in group:
-                request.error = err
+                if not request.done.is_set():
+                    request.error = err
         finally:
             for request in group:
-                request.done.set()
-                if request.pieces is not None:
-                    request.pieces.put(_END)
+                if not request.done.is_set():
+                    self._finish(request)
+
+    @staticmethod
+    def _finish(request: BatchRequest) -> None:
+        """Wake ``request``'s caller: the end of its pieces, then ``done``."""
+        if request.pieces is not None:
+            request.pieces.put(_END)
+        request.done.set()

@@ -235,7 +235,8 @@ class LocalModel:
 
     def _run_batch(self, prompts: Sequence[torch.Tensor], settings: GenerationSettings,
                    deltas_per_row: Sequence[Sequence[Any]], *,
-                   on_piece: Callable[[int, str], None] | None = None, admit: Any = None) -> list[str]:
+                   on_piece: Callable[[int, str], None] | None = None,
+                   on_done: Callable[[int, str], None] | None = None, admit: Any = None) -> list[str]:
         def between_steps(active: int) -> Any:  # short tasks (embeddings) queued meanwhile run between steps
             COMPUTE.drain()
             return admit(active) if admit is not None else []
@@ -243,7 +244,7 @@ class LocalModel:
         def run() -> list[str]:
             with self.lock:  # the batch is one request as far as the model is concerned
                 return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row,
-                                    on_piece=on_piece, admit=between_steps)
+                                    on_piece=on_piece, on_done=on_done, admit=between_steps)
 
         return COMPUTE.call(run)
 

@@ -70,11 +70,21 @@ def test_a_row_that_stops_early_leaves_the_others_unchanged(tiny_llama, smol_tok
     assert stop.strip(), first
     settings = GenerationSettings(max_new_tokens=16, ignore_eos=True, stop=(stop,))
     batch = BatchDecoder(model, smol_tokenizer, fast_path=fast)
-    texts = batch.run(prompts, settings, rows)
+    events: list[tuple[str, int, str]] = []
+    texts = batch.run(prompts, settings, rows, on_piece=lambda row, text: events.append(("piece", row, text)),
+                      on_done=lambda row, reply: events.append(("done", row, reply)))
     for i, (ids, deltas) in enumerate(zip(prompts, rows)):
         assert texts[i] == _solo(model, smol_tokenizer, ids, settings, deltas, fast)[0]
     assert texts[0] == first[: first.index(stop)]  # row 0 stopped early...
     assert len(batch.last_token_ids[0]) < min(len(batch.last_token_ids[1]), len(batch.last_token_ids[2]))
+    # ...and its reply was handed out then, while the other rows went on (a server ends that request's stream at
+    # once); every row is handed out once, after its own last piece, with the reply run() returns.
+    done = [(at, row, reply) for at, (kind, row, reply) in enumerate(events) if kind == "done"]
+    assert sorted(row for _, row, _ in done) == [0, 1, 2] and all(reply == texts[row] for _, row, reply in done)
+    last_piece = {row: at for at, (kind, row, _) in enumerate(events) if kind == "piece"}
+    assert all(last_piece[row] < at for at, row, _ in done)
+    done_at = {row: at for at, row, _ in done}
+    assert done_at[0] < min(last_piece[1], last_piece[2])
 
 
 @pytest.mark.parametrize("join_after, later", [(3, [0, 2]), (1, [1]), (6, [2, 1])],

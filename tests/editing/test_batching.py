@@ -57,6 +57,7 @@ def _at_once(local_model: LocalModel, n: int, call) -> tuple[dict, list[int]]:
             t.start()
         for t in threads:
             t.join(timeout=300)
+        assert local_model.batcher.wait_idle(timeout=300)  # each caller returns when its own row ends
         return got, local_model.batcher.batch_sizes
     finally:
         local_model.enable_batching(0)
@@ -82,6 +83,28 @@ def test_concurrent_streams_are_batched_and_each_thread_streams_its_own_reply(
     assert sum(sizes) == len(views) and max(sizes) > 1
 
 
+def test_a_short_reply_ends_its_stream_while_a_longer_row_of_its_batch_still_decodes(local_model: LocalModel) -> None:
+    # A server's client whose reply is short must get the end of its stream (and send its next turn) without
+    # waiting for the longest reply in its batch.
+    settings = GenerationSettings(max_new_tokens=48)
+    short_q, long_q = "Name a colour.", "Write a short poem about the sea."
+    count = lambda text: len(local_model.tokenizer(text)["input_ids"])  # noqa: E731
+    expected = {q: local_model.generate(_messages(q), settings) for q in (short_q, long_q)}
+    assert count(expected[short_q]) + 10 < count(expected[long_q]), expected  # the premise of the test
+    sizes_when_short_ended: list[int] = []
+    got: dict[str, str] = {}
+
+    def run(q: str) -> None:
+        got[q] = "".join(local_model.stream(_messages(q), settings))
+        if q == short_q:
+            sizes_when_short_ended.extend(local_model.batcher.batch_sizes)
+
+    got_batcher = _at_once(local_model, 2, lambda i: run([short_q, long_q][i]))[1]
+    assert got == expected
+    assert got_batcher == [2]  # one batch of both...
+    assert sizes_when_short_ended == []  # ...which was still running when the short reply's stream ended
+
+
 def test_a_request_that_arrives_mid_batch_joins_it_and_gets_its_solo_reply(
         local_model: LocalModel, views: list) -> None:
     # Continuous batching: a server's next request should not wait for the whole running batch to end.
@@ -94,6 +117,7 @@ def test_a_request_that_arrives_mid_batch_joins_it_and_gets_its_solo_reply(
         got0 += list(first)
         rest = ["".join(s) for s in later]
         batcher = local_model.batcher
+        assert batcher.wait_idle(timeout=300)
         joined, sizes = batcher.joined, batcher.batch_sizes
     finally:
         local_model.enable_batching(0)
