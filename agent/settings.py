@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1, mps or auto")
     dtype: str | None = Field(default=None, description="float32, bfloat16, float16 or auto")
     threads: int | None = Field(default=None, ge=1)
+    prefix_cache_mb: int = Field(default=256, ge=0, description="memory for recent prompts' KV, reused by later "
+                                 "prompts that start the same way (0: off)")
     chroma_url: str | None = Field(default=None, description="http://host:port of a Chroma server; None = embedded")
     postgres_url: str | None = Field(default=None, description="checkpointer DSN; None = SQLite under HOME")
     max_new_tokens: int = Field(default=256, ge=1)
@@ -137,7 +139,8 @@ class Settings(BaseSettings):
 
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(model=self.model, cache_dir=self.model_cache or self.home / "models",
-                             device=self.device, dtype=self.dtype, threads=self.threads)
+                             device=self.device, dtype=self.dtype, threads=self.threads,
+                             prefix_cache_mb=self.prefix_cache_mb)
 
     def memory_config(self) -> MemoryConfig:
         """Memory directly under the home — the same files ``Memory(MemoryConfig(home=HOME))`` uses."""

@@ -44,6 +44,8 @@ from editing.requests import LowRankDelta
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from editing.prefix_cache import PrefixCache
+
 __all__ = ["BatchDecoder", "decode_batch"]
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,11 @@ class BatchDecoder:
     """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, prefix_cache: "PrefixCache | None" = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.solo = Decoder(model, tokenizer, fast_path=fast_path)  # path choice and token choice are shared
+        self.prefix_cache = prefix_cache  # one-row prefills (a request joining alone) reuse recent prompts' KV
         self.last_path: str | None = None
         self.last_token_ids: list[list[int]] = []
         self.joined = 0  # rows that joined a running batch (continuous batching), over this decoder's life
@@ -117,10 +120,14 @@ class BatchDecoder:
         return stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else {}
 
     def _prefill(self, input_ids: torch.Tensor, pads: torch.Tensor, stacks: dict[str, Any],
-                 model_kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+                 model_kwargs: dict[str, Any], rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
         """One forward over the padded batch → (last position's logits (batch, V), the filled cache)."""
         from transformers import DynamicCache
 
+        if self.prefix_cache is not None and input_ids.shape[0] == 1 and not model_kwargs:
+            with apply_row_deltas(self.model, stacks):  # one row, unpadded: as a solo prefill
+                out, cache = self.prefix_cache.prefill(self.model, input_ids, rows[0] if rows else ())
+            return out.logits[:, -1, :], cache
         columns = torch.arange(input_ids.shape[1], device=input_ids.device)
         attention_mask = (columns >= pads).long()  # (batch, T_max): 0 on padding
         position_ids = (columns - pads).clamp(min=0)  # (batch, T_max): 0 at each row's first real token
@@ -189,7 +196,7 @@ class BatchDecoder:
                 on_done(row, replies[row])
 
         stacks = self._stacks(rows)  # once for the prefill and the general step
-        logits, cache = self._prefill(input_ids, pads, stacks, model_kwargs)
+        logits, cache = self._prefill(input_ids, pads, stacks, model_kwargs, rows)
         step = self._step(cache, width + settings.max_new_tokens, pads, rows, stacks, model_kwargs)
         self.last_path = step.name
         can_join = admit is not None and isinstance(step, _LlamaStep)
@@ -247,7 +254,7 @@ class BatchDecoder:
         rows = _check_batch(prompts, [deltas for _, deltas in joining])
         prompts = self._on_model(prompts)
         input_ids, pads = _left_pad(prompts, self._pad_id())
-        new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs)
+        new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs, rows)
         width = input_ids.shape[1]
         if width > column:  # the joining prompt is longer than the cache so far: make room on the left
             step.shift(width - column)
@@ -260,7 +267,7 @@ class BatchDecoder:
 def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
                  settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
                  on_piece: Callable[[int, str], None] | None = None, on_done: Callable[[int, str], None] | None = None,
-                 admit: Admit | None = None, **model_kwargs: Any) -> list[str]:
+                 admit: Admit | None = None, prefix_cache: "PrefixCache | None" = None, **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
-    return BatchDecoder(model, tokenizer).run(prompts, settings, deltas_per_row, on_piece=on_piece, on_done=on_done,
-                                              admit=admit, **model_kwargs)
+    return BatchDecoder(model, tokenizer, prefix_cache=prefix_cache).run(
+        prompts, settings, deltas_per_row, on_piece=on_piece, on_done=on_done, admit=admit, **model_kwargs)

@@ -43,6 +43,8 @@ from editing.requests import LowRankDelta
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from editing.prefix_cache import PrefixCache
+
 __all__ = ["GenerationSettings", "Decoder", "decode_stream", "eos_token_ids"]
 
 log = logging.getLogger(__name__)
@@ -500,10 +502,11 @@ class Decoder:
     """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, prefix_cache: "PrefixCache | None" = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.fast_path = fast_path
+        self.prefix_cache = prefix_cache  # reuse of recent prompts' KV (editing/prefix_cache.py); None: off
         self.last_path: str | None = None
         self.last_token_ids: list[int] = []
 
@@ -552,11 +555,15 @@ class Decoder:
         seen[:, :prompt_len] = input_ids
         text = _TextStream(self.tokenizer, settings.stop)
         self.last_token_ids = text.ids  # filled as tokens arrive
-        cache = DynamicCache(config=self.model.config)
+        given = tuple(deltas)  # as the caller holds them: the prefix cache's key
         deltas = merge_per_module(deltas)  # one (A, B) per module: one extra matmul pair per projection
         # Prefill through the model itself: logits of the last position only, (1, 1, V) not (1, T, V).
         with apply_deltas(self.model, deltas):
-            out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
+            if self.prefix_cache is not None and not model_kwargs:
+                out, cache = self.prefix_cache.prefill(self.model, input_ids, given)
+            else:
+                cache = DynamicCache(config=self.model.config)
+                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
         logits = out.logits[:, -1, :]  # (1, V)
         step = self._step(cache, prompt_len + settings.max_new_tokens, model_kwargs, deltas)
         self.last_path = step.name
@@ -590,7 +597,7 @@ class Decoder:
 
 
 def decode_stream(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", input_ids: torch.Tensor,
-                  settings: GenerationSettings, deltas: Sequence[LowRankDelta] = (),
-                  **model_kwargs: Any) -> Iterator[str]:
+                  settings: GenerationSettings, deltas: Sequence[LowRankDelta] = (), *,
+                  prefix_cache: "PrefixCache | None" = None, **model_kwargs: Any) -> Iterator[str]:
     """Yield decoded text deltas for a continuation of ``input_ids`` (shape ``(1, T)``); see :class:`Decoder`."""
-    return Decoder(model, tokenizer).stream(input_ids, settings, deltas, **model_kwargs)
+    return Decoder(model, tokenizer, prefix_cache=prefix_cache).stream(input_ids, settings, deltas, **model_kwargs)

@@ -63,7 +63,9 @@ def private_copy(local: "LocalModel") -> "LocalModel":
     if hooked:
         raise RuntimeError(f"the base model has forward hooks on {hooked[:3]}: something applied deltas outside "
                            "LocalModel.lock; refusing to copy them into the editor's model")
-    return LocalModel(model, tokenizer, model_id=local.model_id, plan=local.plan, source=local.source)
+    # No prefix cache: the editor's weights change under it, so its entries would go stale.
+    return LocalModel(model, tokenizer, model_id=local.model_id, plan=local.plan, source=local.source,
+                      prefix_cache_mb=0)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from editing.errors import InvalidRequest, ModelNotFound, StaleAdapter
 from editing.batch_decode import decode_batch
 from editing.batcher import RequestBatcher
 from editing.generation import GenerationSettings, decode_stream
+from editing.prefix_cache import PrefixCache
 from editing.model_cache import OFFLINE_LOAD, ensure_converted, locate_packaged_gguf
 from editing.compute import COMPUTE
 
@@ -54,11 +55,15 @@ class RuntimeConfig:
     # Concurrent generate() calls arriving within this window are decoded as one batch (0 = off: one by one).
     batch_window_ms: float = 0.0
     max_batch: int = 8
+    # Recent prompts' KV kept for reuse by later prompts that start the same way (editing/prefix_cache.py); 0 = off.
+    prefix_cache_mb: int = 256
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
         if self.batch_window_ms < 0 or self.max_batch < 2:
             raise ValueError(f"need batch_window_ms >= 0 and max_batch >= 2, got {self.batch_window_ms}, "
                              f"{self.max_batch}")
@@ -110,7 +115,7 @@ class LocalModel:
     """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *, model_id: str,
-                 plan: DevicePlan, source: Path | str) -> None:
+                 plan: DevicePlan, source: Path | str, prefix_cache_mb: int = 256) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -119,6 +124,8 @@ class LocalModel:
         self.lock = threading.RLock()
         self.guard = SpecialTokenGuard(tokenizer)
         self.batcher: RequestBatcher | None = None
+        # Prompts' KV reused by later prompts with the same start (system message, the session so far); None: off.
+        self.prefix_cache = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb > 0 else None
 
     def enable_batching(self, window_ms: float = 20.0, max_batch: int = 8) -> None:
         """Serve concurrent :meth:`generate` and :meth:`stream` calls that arrive within ``window_ms`` as one batch
@@ -147,7 +154,8 @@ class LocalModel:
         model = AutoModelForCausalLM.from_pretrained(str(source), dtype=plan.dtype, **OFFLINE_LOAD)
         model.to(plan.device).eval()
         log.info("loaded %s on %s in %.2f s", model_id, plan.describe(), time.perf_counter() - t0)
-        local = cls(model, tokenizer, model_id=model_id, plan=plan, source=source)
+        local = cls(model, tokenizer, model_id=model_id, plan=plan, source=source,
+                    prefix_cache_mb=config.prefix_cache_mb)
         local.enable_batching(config.batch_window_ms, config.max_batch)
         return local
 
@@ -194,7 +202,8 @@ class LocalModel:
     def _decode_here(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: tuple,
                      model_kwargs: dict[str, Any]) -> Iterator[str]:
         with self.lock:  # hooks are module-global: one request at a time, and only this one's deltas
-            yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas, **model_kwargs)
+            yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas,
+                                     prefix_cache=self.prefix_cache, **model_kwargs)
 
     def _decode_fused(self, input_ids: torch.Tensor, settings: GenerationSettings, view: "UserView") -> Iterator[str]:
         """``view``'s request decoded from its fused policies (MOD): one decode row per policy, not batched with
@@ -244,7 +253,8 @@ class LocalModel:
         def run() -> list[str]:
             with self.lock:  # the batch is one request as far as the model is concerned
                 return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row,
-                                    on_piece=on_piece, on_done=on_done, admit=between_steps)
+                                    on_piece=on_piece, on_done=on_done, admit=between_steps,
+                                    prefix_cache=self.prefix_cache)
 
         return COMPUTE.call(run)
 
