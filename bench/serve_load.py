@@ -207,7 +207,8 @@ def main() -> None:
         "joined_mid_batch": joined,
         "wall_s": round(wall, 1), "all_active_s": round(all_active_s, 1), "serial_s": round(serial_s, 1),
         "reply_tokens": reply_tokens, "serial_reply_tokens": serial_tokens,
-        "tokens_per_s": round(reply_tokens / wall, 1), "serial_tokens_per_s": round(serial_tokens / serial_s, 1) if serial_s else 0.0,
+        "tokens_per_s": round(reply_tokens / wall, 1),
+        "serial_tokens_per_s": round(serial_tokens / serial_s, 1) if serial_s else 0.0,
         "mode": f"duration {args.duration:g} s" if args.duration is not None else f"{args.turns} turns per client",
         "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms, "dtype": stack.local.plan.describe(),
     }

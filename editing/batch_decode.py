@@ -120,7 +120,8 @@ class BatchDecoder:
         return stack_row_deltas(rows, device=weight.device, dtype=weight.dtype) if any(rows) else {}
 
     def _prefill(self, input_ids: torch.Tensor, pads: torch.Tensor, stacks: dict[str, Any],
-                 model_kwargs: dict[str, Any], rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
+                 model_kwargs: dict[str, Any],
+                 rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
         """One forward over the padded batch → (last position's logits (batch, V), the filled cache)."""
         from transformers import DynamicCache
 
@@ -267,7 +268,8 @@ class BatchDecoder:
 def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
                  settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
                  on_piece: Callable[[int, str], None] | None = None, on_done: Callable[[int, str], None] | None = None,
-                 admit: Admit | None = None, prefix_cache: "PrefixCache | None" = None, **model_kwargs: Any) -> list[str]:
+                 admit: Admit | None = None, prefix_cache: "PrefixCache | None" = None,
+                 **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
     return BatchDecoder(model, tokenizer, prefix_cache=prefix_cache).run(
         prompts, settings, deltas_per_row, on_piece=on_piece, on_done=on_done, admit=admit, **model_kwargs)

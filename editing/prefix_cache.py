@@ -131,6 +131,9 @@ class PrefixCache:
         ids = input_ids[0].detach().clone()
         with self._lock:
             for slot, entry in list(self._entries.items()):
+                if entry.key[0] == key[0] and entry.key[1] != key[1]:
+                    self._drop(slot)  # computed before the weights changed: version counters only grow
+                    continue
                 if entry.key != key:
                     continue
                 if len(entry.ids) >= length and bool((entry.ids[:length] == ids).all()):
@@ -168,6 +171,7 @@ class PrefixCache:
                     logits_to_keep=1, **forward_kwargs)
         with self._lock:
             self.computed_tokens += length - start
+        log.debug("prefill of %d tokens: %d reused, %d computed", length, start, length - start)
         self.add(model, input_ids, cache, deltas)
         return out, cache
 

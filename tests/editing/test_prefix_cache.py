@@ -76,6 +76,8 @@ def test_an_in_place_weight_change_or_other_deltas_are_never_served_stale(tiny_l
         assert cache.match(model, ids, (_delta(model, 3),))[0] == 0  # other deltas: other KV
         model.model.layers[0].mlp.down_proj.weight.add_(1e-3)  # an in-place edit of the base weights
         assert cache.match(model, ids)[0] == 0 and cache.match(model, ids, (delta,))[0] == 0
+        cache.prefill(model, ids)  # the next prompt stored drops the entries of the old weights
+    assert len(cache) == 1
 
 
 def test_decoding_on_a_reused_prefix_never_writes_to_the_stored_entry(tiny_llama, smol_tokenizer) -> None:
