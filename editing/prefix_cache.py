@@ -87,9 +87,11 @@ class PrefixCache:
     def match(self, model: Any, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta] = ()) -> tuple[int, Any]:
         """``(m, cache)``: a ``DynamicCache`` holding a copy of the KV of ``input_ids[:, :m]`` from the best
         entry, or ``(0, None)``. ``m`` is at most ``T - 1``."""
+        return self._match(model, input_ids, self._key(model, deltas)[0])
+
+    def _match(self, model: Any, input_ids: torch.Tensor, key: tuple[Any, ...]) -> tuple[int, Any]:
         if self.max_bytes == 0 or input_ids.shape[0] != 1 or input_ids.shape[1] <= self.min_tokens:
             return 0, None
-        key, _ = self._key(model, deltas)
         ids = input_ids[0]
         best, best_len = None, 0
         with self._lock:
@@ -118,6 +120,9 @@ class PrefixCache:
     def add(self, model: Any, input_ids: torch.Tensor, cache: Any, deltas: Sequence[LowRankDelta] = ()) -> None:
         """Keep the KV of ``input_ids`` (one row) from ``cache``, right after its prefill (copied: the caller's
         decoding goes on writing to its own)."""
+        self._add(input_ids, cache, *self._key(model, deltas))
+
+    def _add(self, input_ids: torch.Tensor, cache: Any, key: tuple[Any, ...], refs: tuple[torch.Tensor, ...]) -> None:
         if self.max_bytes == 0 or input_ids.shape[0] != 1:
             return
         length = input_ids.shape[1]
@@ -127,7 +132,6 @@ class PrefixCache:
         nbytes = 2 * sum(layer.keys.numel() * layer.keys.element_size() for layer in layers)
         if nbytes > self.max_bytes:
             return
-        key, refs = self._key(model, deltas)
         ids = input_ids[0].detach().clone()
         with self._lock:
             for slot, entry in list(self._entries.items()):
@@ -162,7 +166,8 @@ class PrefixCache:
         the prompt is stored for later prompts."""
         from transformers import DynamicCache
 
-        start, cache = self.match(model, input_ids, deltas)
+        key, refs = self._key(model, deltas)  # once: it walks every parameter
+        start, cache = self._match(model, input_ids, key)
         if cache is None:
             cache = DynamicCache(config=model.config)
         length = input_ids.shape[1]
@@ -172,7 +177,7 @@ class PrefixCache:
         with self._lock:
             self.computed_tokens += length - start
         log.debug("prefill of %d tokens: %d reused, %d computed", length, start, length - start)
-        self.add(model, input_ids, cache, deltas)
+        self._add(input_ids, cache, key, refs)
         return out, cache
 
     def clear(self) -> None:
