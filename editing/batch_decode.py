@@ -227,6 +227,8 @@ class BatchDecoder:
                         finish(row)
                 step.select(torch.tensor(keep, dtype=torch.long, device=device))
                 active = [active[pos] for pos in keep]
+                if isinstance(step, _LlamaStep):
+                    column -= step.compact(column)  # the rows that left may have held the cache's left part
             if keep:
                 token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
                 logits = step(token, column)
@@ -256,12 +258,7 @@ class BatchDecoder:
         prompts = self._on_model(prompts)
         input_ids, pads = _left_pad(prompts, self._pad_id())
         new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs, rows)
-        width = input_ids.shape[1]
-        if width > column:  # the joining prompt is longer than the cache so far: make room on the left
-            step.shift(width - column)
-            column = width
-        step.reserve(column + settings.max_new_tokens)
-        step.join(cache, column, pads, rows)
+        column = step.join(cache, column, pads, rows, settings.max_new_tokens)
         return (new_logits if logits is None else torch.cat([logits, new_logits])), column
 
 

@@ -302,6 +302,9 @@ class _LayerRefs:
     scaling: float
 
 
+_COMPACT_MIN_COLUMNS = 64  # fewer masked leading columns than this are left alone (a copy costs more)
+
+
 class _LlamaStep:
     """Fast decode step for a plain ``LlamaForCausalLM`` (SDPA attention, plain ``nn.Linear`` layers).
 
@@ -415,47 +418,57 @@ class _LlamaStep:
         columns = torch.arange(self.keys.shape[3], device=self.pads.device)
         self.visible = (columns >= self.pads)[:, None, None, :] if bool(self.pads.any()) else None
 
-    def reserve(self, capacity: int) -> None:
-        """Make room for ``capacity`` cache columns (a joined row decodes past the first rows' end)."""
-        extra = capacity - self.keys.shape[3]
-        if extra > 0:
-            shape = (*self.keys.shape[:3], extra, self.keys.shape[4])
-            self.keys = torch.cat([self.keys, self.keys.new_empty(shape)], dim=3)
-            self.values = torch.cat([self.values, self.values.new_empty(shape)], dim=3)
-            self._mask()
+    def compact(self, column: int) -> int:
+        """Drop the leading cache columns that every row masks (all columns before ``column``, the next one
+        to write, once no row is left); how many went (0 below a threshold).
 
-    def shift(self, columns: int) -> None:
-        """Prepend ``columns`` masked columns to every row (a joining prompt is longer than the cache so far):
-        positions are ``column - pads``, so every row's positions stay as they were; callers add ``columns`` to
-        the cache column they pass."""
-        if columns <= 0:
-            return
-        shape = (*self.keys.shape[:3], columns, self.keys.shape[4])
-        self.keys = torch.cat([self.keys.new_zeros(shape), self.keys], dim=3)
-        self.values = torch.cat([self.values.new_zeros(shape), self.values], dim=3)
-        self.pads = self.pads + columns
+        Under continuous batching the cache column only moves right, and the rows still decoding may all have
+        started far to the right of column 0 (the rows that held the left part have left). Every step attends
+        over ``[:column + 1]`` for every row, so those columns cost time each step and memory for good. The
+        caller moves its cache column left by the returned count; positions (``column - pads``) are unchanged.
+        """
+        drop = min(column, int(self.pads.min())) if self.keys.shape[1] else column
+        if drop < _COMPACT_MIN_COLUMNS:
+            return 0
+        self.keys = self.keys[:, :, :, drop:].clone()
+        self.values = self.values[:, :, :, drop:].clone()
+        self.pads = self.pads - drop
         self._mask()
+        return drop
 
-    def join(self, cache: Any, column: int, pads: torch.Tensor, rows: Sequence[Sequence[LowRankDelta]]) -> None:
-        """Add the rows of a prefill ``cache`` (left-padded by ``pads``, ``T`` columns) so that their prompts end
-        right before cache column ``column`` (``T <= column``: :meth:`shift` first otherwise); their deltas are
-        ``rows``. Needs a step made with ``row_deltas``."""
+    def join(self, cache: Any, column: int, pads: torch.Tensor, rows: Sequence[Sequence[LowRankDelta]],
+             room: int) -> int:
+        """Add the rows of a prefill ``cache`` (left-padded by ``pads``, ``T`` columns), with ``rows`` their
+        deltas, so that their prompts end right before cache column ``column``, with ``room`` columns free
+        from there; the cache column to write next, which is ``column`` unless a joining prompt is longer
+        (``T > column``: then every present row moves right by ``T - column`` masked columns; positions are
+        ``column - pads``, so no row's positions change). One copy of the cache, whatever it takes. Needs a
+        step made with ``row_deltas``."""
         if self._rows is None:
             raise InvalidRequest("only a batch step (made with row_deltas) can take joining rows")
         first = cache.layers[0].keys  # (k, kv_heads, T, head_dim)
         k, t = first.shape[0], first.shape[2]
-        if t > column:
-            raise InvalidRequest(f"joining prompts of {t} columns cannot end before column {column}: shift first")
-        shape = (len(self.layers), k, self.kv_heads, self.keys.shape[3], self.head_dim)
-        keys, values = self.keys.new_zeros(shape), self.values.new_zeros(shape)  # zeros: masked, never NaN
+        shift = max(0, t - column)
+        column += shift
+        layers, batch, _, old, _ = self.keys.shape
+        capacity = max(old + shift, column + room)
+        shape = (layers, batch + k, self.kv_heads, capacity, self.head_dim)
+        keys, values = self.keys.new_empty(shape), self.values.new_empty(shape)
+        # Columns at or right of ``column`` are written by a step before any step reads them; the padding on
+        # the left is read (masked), so it must hold finite numbers: zeros.
+        for buf, old_rows in ((keys, self.keys), (values, self.values)):
+            buf[:, :batch, :, :shift] = 0
+            buf[:, :batch, :, shift: shift + old] = old_rows
+            buf[:, batch:, :, : column - t] = 0
         for i, layer_cache in enumerate(cache.layers[: len(self.layers)]):
-            keys[i, :, :, column - t: column] = layer_cache.keys
-            values[i, :, :, column - t: column] = layer_cache.values
-        self.keys, self.values = torch.cat([self.keys, keys], dim=1), torch.cat([self.values, values], dim=1)
-        self.pads = torch.cat([self.pads, pads.to(self.pads.device) + (column - t)])
+            keys[i, batch:, :, column - t: column] = layer_cache.keys
+            values[i, batch:, :, column - t: column] = layer_cache.values
+        self.keys, self.values = keys, values
+        self.pads = torch.cat([self.pads + shift, pads.to(self.pads.device) + (column - t)])
         self._mask()
         self._rows += [tuple(r) for r in rows]
         self.lora = self._terms(self._model, (), self._rows)
+        return column
 
     def __call__(self, token: torch.Tensor, position: int) -> torch.Tensor:
         """``token`` (batch, 1) at cache column ``position`` → next-token logits (batch, V)."""

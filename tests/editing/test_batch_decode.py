@@ -117,6 +117,52 @@ def test_rows_that_join_a_running_batch_equal_their_solo_runs(tiny_llama, smol_t
         assert texts[row] == text
 
 
+@pytest.mark.parametrize("threshold", [1, 64], ids=["compact-at-every-leave", "default-threshold"])
+def test_a_long_continuous_batch_keeps_its_cache_short_and_every_row_its_solo_reply(
+        tiny_llama, smol_tokenizer, monkeypatch, threshold: int) -> None:
+    # A server under steady load keeps one decode loop running while requests come and go. The rows still
+    # decoding then start ever further right in the KV cache; without compaction every step attends over all
+    # the columns since the loop began (slower each step, and the buffer grows for as long as the load lasts).
+    import editing.generation as generation
+
+    monkeypatch.setattr(generation, "_COMPACT_MIN_COLUMNS", threshold)
+    model = tiny_llama.eval()
+    rows = _tiny_rows(model)
+    prompts = [smol_tokenizer(t, return_tensors="pt")["input_ids"] for t in TINY_PROMPTS]
+    settings = GenerationSettings(max_new_tokens=8, ignore_eos=True)
+    order = [i % 3 for i in range(80)]  # request k: prompt order[k], with its deltas
+    queue = list(order[1:])
+    steps = 0
+
+    def admit(active: int) -> list:  # one new request every 3 steps, two at once every 7th
+        nonlocal steps
+        steps += 1
+        take = 2 if steps % 7 == 0 else 1 if steps % 3 == 0 else 0
+        joining, queue[:] = queue[:take], queue[take:]
+        return [(prompts[i], rows[i]) for i in joining]
+
+    widest = 0
+    call = generation._LlamaStep.__call__
+
+    def spy(self, token, position):
+        nonlocal widest
+        widest = max(widest, position + 1)
+        return call(self, token, position)
+
+    monkeypatch.setattr(generation._LlamaStep, "__call__", spy)
+    batch = BatchDecoder(model, smol_tokenizer)
+    texts = batch.run([prompts[order[0]]], settings, [rows[order[0]]], admit=admit)
+    assert len(texts) == len(order) and batch.joined == len(order) - 1
+    assert steps > 100  # the loop outlived every request in it many times over
+    longest = max(p.shape[1] for p in prompts)
+    assert widest <= longest + settings.max_new_tokens + threshold + 8, widest  # not the ~steps it would grow to
+    for i in range(3):
+        text, tokens = _solo(model, smol_tokenizer, prompts[i], settings, rows[i])
+        for row in (r for r, k in enumerate(order) if k == i):
+            assert batch.last_token_ids[row] == tokens, f"request {row} (prompt {i}) differs from its solo run"
+            assert texts[row] == text
+
+
 def test_real_model_three_users_in_one_batch_get_their_solo_replies(local_model: LocalModel) -> None:
     model, tok = local_model.model, local_model.tokenizer
     gen = torch.Generator().manual_seed(0)
