@@ -133,16 +133,38 @@ _PAST = {
 
 @dataclass(frozen=True)
 class PromptBudget:
-    """Token budget of the prompt (everything but the reply)."""
+    """Token budget of the prompt (everything but the reply).
+
+    ``max_history_messages``: the most recent conversation messages shown. ``history_stride``: the window's start
+    moves in strides of this many messages, so it holds ``max_history_messages - history_stride + 1`` to
+    ``max_history_messages`` messages, and the turns between two moves share the prompt's start up to their
+    own message: a cached prefix the model does not compute again (``editing.prefix_cache``). With a stride
+    of 1 the window drops the oldest message every turn, and past the first turns no two prompts share more
+    than the system message.
+    """
 
     max_prompt_tokens: int = 1536
     max_profile_lines: int = 20
     min_profile_lines: int = 5  # kept even when the budget is tight
     max_history_messages: int = 8
+    history_stride: int = 4
 
     def __post_init__(self) -> None:
         if self.max_prompt_tokens < 64:
             raise ValueError(f"max_prompt_tokens must be >= 64, got {self.max_prompt_tokens}")
+        if self.max_history_messages < 0:
+            raise ValueError(f"max_history_messages must be >= 0, got {self.max_history_messages}")
+        if not 1 <= self.history_stride <= max(1, self.max_history_messages):
+            raise ValueError(f"history_stride must be between 1 and max_history_messages "
+                             f"({self.max_history_messages}), got {self.history_stride}")
+
+    def recent(self, history: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """The messages of ``history`` (oldest first) the window shows."""
+        over = len(history) - self.max_history_messages
+        if over <= 0:
+            return list(history)
+        start = -(-over // self.history_stride) * self.history_stride  # the first stride boundary past ``over``
+        return list(history[start:])
 
 
 @dataclass(frozen=True)
@@ -281,7 +303,7 @@ def build_prompt(
     budget = budget or PromptBudget()
     layout = layout or PromptLayout()
     notes = _memory_lines(user_id, recollection, budget, layout)
-    history = list(history)[-budget.max_history_messages:]
+    history = budget.recent(history)
     dropped = 0
 
     def render() -> tuple[list[BaseMessage], int, list[str]]:

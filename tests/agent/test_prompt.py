@@ -223,3 +223,64 @@ def test_a_remembered_dog_name_comes_back_in_the_reply(tmp_path: Path, model_cac
         assert "biscuit" in reply.lower(), reply
     finally:
         stack.close()
+
+
+def _exchanges(n: int) -> list:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    return [m for i in range(n) for m in (HumanMessage(f"message {i}"), AIMessage(f"reply {i}"))]
+
+
+def test_the_history_window_moves_in_strides_so_turns_between_moves_share_their_start() -> None:
+    budget = PromptBudget(max_history_messages=8, history_stride=4)
+    shown = {}
+    for n in range(10):  # the prompt of turn n: n earlier exchanges
+        built = build_prompt(user_id="u", message="Next?", recollection=None, history=_exchanges(n),
+                             count_tokens=words, budget=budget)
+        shown[n] = [str(m.content) for m in built.messages[1:-1]]
+        assert len(shown[n]) == min(2 * n, 8) if n <= 4 else 5 <= len(shown[n]) <= 8
+        assert shown[n][-2:] == ([f"message {n - 1}", f"reply {n - 1}"] if n else [])  # the latest exchange
+    # Past the first four turns the window moves every second turn; the turn after a move starts like it.
+    assert shown[5][0] == shown[6][0] == "message 2" and shown[7][0] == shown[8][0] == "message 4"
+    assert shown[6][: len(shown[5])] == shown[5]
+    # A stride of 1 is the plain sliding window: every turn starts one message later.
+    slide = PromptBudget(max_history_messages=8, history_stride=1)
+    firsts = [str(build_prompt(user_id="u", message="Next?", recollection=None, history=_exchanges(n),
+                               count_tokens=words, budget=slide).messages[1].content) for n in (5, 6, 7)]
+    assert firsts == ["message 1", "message 2", "message 3"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"history_stride": 0}, "history_stride must be between 1 and max_history_messages (8), got 0"),
+    ({"history_stride": 9}, "history_stride must be between 1 and max_history_messages (8), got 9"),
+    ({"max_history_messages": -1}, "max_history_messages must be >= 0, got -1"),
+])
+def test_a_bad_history_window_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PromptBudget(**kwargs)
+
+
+def test_a_session_turn_after_the_window_is_full_reuses_its_history_from_the_prefix_cache(
+        tmp_path: Path, model_cache_dir: Path, local_model, embedder) -> None:
+    # The real agent and SmolLM2: turn 7 of a session (12 earlier messages) shows the same window start as turn 6,
+    # so its prefill computes neither the system message nor the history again.
+    from agent import Settings, build_stack
+    from editing import GenerationSettings
+
+    assert local_model.prefix_cache is not None
+    stack = build_stack(Settings(home=tmp_path / "home", model_cache=model_cache_dir, model_updates=False),
+                        local=local_model, embedder=embedder, generation=GenerationSettings(max_new_tokens=6))
+    try:
+        reused = []
+        for text in ["I live in Oslo.", "I like tea.", "I work as a nurse.", "I have a cat.", "I play chess.",
+                     "I drive a van.", "What do I play?"]:
+            before = local_model.prefix_cache.stats()["reused_tokens"]
+            stack.agent.chat("ines", text)
+            reused.append(local_model.prefix_cache.stats()["reused_tokens"] - before)
+        prompt = stack.agent.last_turn("ines")["prompt"]
+    finally:
+        stack.close()
+    history = [str(m.content) for m in prompt[1:-1]]
+    assert len(history) == 8 and history[0] == "I work as a nurse."  # turn 7's window starts at turn 3...
+    shared = sum(local_model.count_tokens(text) for text in history[:6])  # ...as turn 6's did: turns 3-5 shared
+    assert reused[6] >= reused[5] + shared, reused  # turn 6 (the window moved) reused about the system message
