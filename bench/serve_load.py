@@ -1,23 +1,31 @@
 """Load on ``pllm serve``: N concurrent clients doing real turns for different users over loopback HTTP.
 
-Each client is one user; it streams its turns through ``POST /v1/chat/completions`` (SSE, the official ``openai``
-client) one after another: statements of its own facts and questions about them. Measured per turn: the time to
-the first content token (TTFT) and to the end of the stream. The baseline, in the same run and on the same model:
-the turns the clients completed, run again one after another in-process for other users
-(``PersonalAgent.stream``, no HTTP, no batching). Afterwards every user's stored turns are checked: ``lost`` =
-turns a client sent that are not in its own user's memory; ``crossed`` = turns found in another user's memory.
+Each client is one user in a process of its own (as load tools such as wrk or locust run; ``--client-threads``
+runs them as threads of the server's process instead, where they share its interpreter lock). It streams its
+turns through ``POST /v1/chat/completions`` (SSE, the official ``openai`` client) one after another: statements
+of its own facts and questions about them. Measured per turn: the time to the first content token (TTFT) and to
+the end of the stream. The baseline, in the same run and on the same model: the turns the clients completed, run
+again one after another in-process for other users (``PersonalAgent.stream``, no HTTP, no batching), each with a
+reply as long as the client's reply to it (``ignore_eos`` and that many tokens), so that both phases decode the
+same number of tokens; ``--own-lengths`` lets each serial reply end where the model ends it. Afterwards every
+user's stored turns are checked: ``lost`` = turns a client sent that are not in its own user's memory;
+``crossed`` = turns found in another user's memory.
+
+Why the same lengths: in bf16 a batched row may round differently from its solo run (``editing.batch_decode``),
+and its reply may end sooner or later; with free lengths one run's serial replies were 49 % longer than the
+clients' and another's 28 % shorter, which moved the turn ratio either way. In fp32 a batched reply equals the
+solo one token for token, so there the lengths agree either way.
 
 Two ways to bound a run:
 
 * ``--turns K`` (the default, 4): each client does K turns. The run ends with the slowest client, so near its end
   fewer than N clients are active (``all_active_s`` says until when all N were).
-* ``--duration S``: a closed loop at N clients (as load tools such as wrk or locust run): each client repeats its
-  script and starts no turn after S seconds; the turns begun before finish and count. All N clients are active
-  until the end, so this is the throughput *at* N clients.
+* ``--duration S``: a closed loop at N clients: each client repeats its script and starts no turn after S seconds;
+  the turns begun before finish and count. All N clients are active until the end, so this is the throughput
+  *at* N clients.
 
 ``--timeout-s`` stops either. The replies' tokens are counted in both phases (``reply_tokens``,
-``serial_reply_tokens``): in fp32 a batched reply equals the solo one token for token, so both phases do the same
-work; in bf16 a batched row may round differently and its reply may differ (``editing.batch_decode``).
+``serial_reply_tokens``; re-tokenized text, so they may differ by a token here and there).
 
     python bench/serve_load.py [--clients 4] [--turns 4 | --duration 60] [--max-new-tokens 64] [--json]
 
@@ -27,7 +35,10 @@ work; in bf16 a batched row may round differently and its reply may differ (``ed
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import os
+import queue
 import socket
 import statistics
 import sys
@@ -35,12 +46,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from bench._common import emit_json, parser, print_table  # noqa: E402
+from bench._load_client import run_client  # noqa: E402
 
 CITIES = ["Lisbon", "Oslo", "Porto", "Denver", "Kyoto", "Lima", "Accra", "Quito", "Hanoi", "Perth", "Cork", "Bonn"]
 FOODS = ["ramen", "tacos", "paella", "sushi", "pierogi", "falafel", "risotto", "pho", "curry", "gnocchi", "kimchi",
@@ -85,6 +98,10 @@ def main() -> None:
     p.add_argument("--timeout-s", type=float, default=900.0, help="stop the concurrent phase after this long")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--dtype", default=None, help="the model's dtype (float32, bfloat16; default: pllm's choice)")
+    p.add_argument("--client-threads", action="store_true", help="run the clients as threads of the server's "
+                   "process (they then share its interpreter lock) instead of one process each")
+    p.add_argument("--own-lengths", action="store_true", help="let each serial reply end where the model ends it "
+                   "(by default it is as long as the client's reply to the same turn)")
     p.add_argument("--model-updates", action="store_true", help="run knowledge edits on the worker meanwhile")
     args = p.parse_args()
     if args.clients < 1 or args.turns < 1:
@@ -93,7 +110,6 @@ def main() -> None:
         p.error("--duration must be above 0 and below --timeout-s")
 
     import uvicorn
-    from openai import OpenAI
 
     from agent import Settings, build_stack
     from agent.serve import create_app
@@ -102,8 +118,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="pllm-serve-load-"))
     settings = Settings(home=home, threads=args.threads, model_updates=args.model_updates, dtype=args.dtype,
                         max_new_tokens=args.max_new_tokens)
-    stack = build_stack(settings, generation=GenerationSettings(max_new_tokens=args.max_new_tokens,
-                                                                repetition_penalty=settings.repetition_penalty))
+    base = GenerationSettings(max_new_tokens=args.max_new_tokens, repetition_penalty=settings.repetition_penalty)
+    stack = build_stack(settings, generation=base)
     assert stack.local is not None
     stack.agent.chat("warmup", "Hello!")  # first-call costs (kernels, the extractor, Chroma) out of both phases
 
@@ -116,76 +132,91 @@ def main() -> None:
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    deadline = time.monotonic() + args.timeout_s
-    last_start = time.monotonic() + (args.duration if args.duration is not None else args.timeout_s)
     ttft: list[float] = []
     turn_ms: list[float] = []
     sent: dict[str, list[str]] = {}
-    completed: dict[int, list[str]] = {}  # client → the turns it completed, in order (replayed by the baseline)
-    reply_tokens = 0
-    finished_at: list[float] = []  # when each client ended its last turn
+    # client → (turn, reply) of the turns it completed, in order (replayed by the baseline); the replies are
+    # counted in tokens after the phase, not on the server's interpreter during it
+    completed: dict[int, list[tuple[str, str]]] = {}
+    finished_at: list[float] = []  # when each client ended its last turn (monotonic)
     failures: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(args.clients)
 
-    def client(i: int) -> None:
-        user = f"client{i}"
-        nonlocal reply_tokens
-        api = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused-on-loopback", max_retries=0,
-                     timeout=max(60.0, args.timeout_s))
-        start.wait()
-        turns = user_turns(i, args.turns if args.duration is None else 1_000_000)
-        for text in turns:
-            if time.monotonic() > min(deadline, last_start):
-                break
-            with lock:
-                sent.setdefault(user, []).append(text)
-            t = time.perf_counter()
-            first = None
-            reply = []
-            try:
-                for chunk in api.chat.completions.create(model="pllm", user=user, stream=True,
-                                                         messages=[{"role": "user", "content": text}]):
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        first = first or time.perf_counter()
-                        reply.append(chunk.choices[0].delta.content)
-            except Exception as exc:  # noqa: BLE001 - counted, the run goes on
-                with lock:
-                    failures.append(f"{user}: {type(exc).__name__}: {exc}")
-                continue
-            end = time.perf_counter()
-            with lock:
-                turn_ms.append((end - t) * 1000)
-                completed.setdefault(i, []).append(text)
-                reply_tokens += count_tokens("".join(reply))
-                if first is not None:
-                    ttft.append((first - t) * 1000)
-        with lock:
-            finished_at.append(time.perf_counter())
+    n_turns = args.turns if args.duration is None else 1_000_000
+    if args.client_threads:
+        out: Any = queue.Queue()
+        go: Any = threading.Event()
+        workers: list[Any] = [threading.Thread(target=run_client, daemon=True, args=(
+            i, port, user_turns(i, 8), n_turns, args.duration, args.timeout_s, out, go))
+            for i in range(args.clients)]
+    else:  # spawn, not fork: the parent holds torch's threads and a running event loop
+        ctx = multiprocessing.get_context("spawn")
+        out, go = ctx.Queue(), ctx.Event()
+        workers = [ctx.Process(target=run_client, daemon=True, args=(
+            i, port, user_turns(i, 8), n_turns, args.duration, args.timeout_s, out, go))
+            for i in range(args.clients)]
+    for w in workers:
+        w.start()
+    ready: set[int] = set()
+    finished: set[int] = set()
 
-    def count_tokens(text: str) -> int:
-        return len(stack.local.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def take(block_s: float) -> None:
+        event = out.get(timeout=block_s)
+        kind, i = event[0], event[1]
+        if kind == "ready":
+            ready.add(i)
+        elif kind == "sent":
+            sent.setdefault(f"client{i}", []).append(event[2])
+        elif kind == "done":
+            _, _, text, first_ms, total_ms, reply = event
+            turn_ms.append(total_ms)
+            completed.setdefault(i, []).append((text, reply))
+            if first_ms is not None:
+                ttft.append(first_ms)
+        elif kind == "failed":
+            failures.append(event[2])
+        elif kind == "finished":
+            finished.add(i)
+            finished_at.append(event[2])
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=max(1.0, deadline - time.monotonic() + 60))
-    wall = time.perf_counter() - t0
+    while len(ready | finished) < args.clients:  # every client has built its HTTP client (or failed to)
+        try:
+            take(120.0)
+        except queue.Empty:
+            sys.exit(f"only {len(ready | finished)} of {args.clients} clients started within 120 s")
+    t0 = time.monotonic()
+    deadline = t0 + args.timeout_s
+    go.set()
+    while len(finished) < args.clients:
+        try:
+            take(max(1.0, deadline - time.monotonic() + 60))
+        except queue.Empty:
+            failures.append(f"{args.clients - len(finished)} client(s) still running at the time limit")
+            break
+    wall = time.monotonic() - t0
+    for w in workers:
+        w.join(timeout=10)
     server.should_exit = True
     stack.local.batcher.wait_idle(timeout=60)  # a client returns when its row ends; the batch's counts come after
     batch_sizes = list(stack.local.batcher.batch_sizes) if stack.local.batcher else []
     joined = stack.local.batcher.joined if stack.local.batcher else 0
     all_active_s = (min(finished_at) - t0) if finished_at else wall
 
+    def count_tokens(text: str) -> int:
+        return len(stack.local.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    lengths = {i: [count_tokens(reply) for _, reply in turns] for i, turns in completed.items()}
+    reply_tokens = sum(sum(n) for n in lengths.values())
+
     # -------------------------------------------------------------------- serial baseline: the same turns, one by one
     stack.local.enable_batching(0)
-    serial_turns = [(f"serial{i}", text) for i in sorted(completed) for text in completed[i]]
+    serial_turns = [(f"serial{i}", text, n) for i in sorted(completed)
+                    for (text, _), n in zip(completed[i], lengths[i], strict=True)]
     serial_tokens = 0
     t1 = time.perf_counter()
-    for user, text in serial_turns:
-        serial_tokens += count_tokens("".join(stack.agent.stream(user, text)))
+    for user, text, n in serial_turns:
+        # the same work as the client's turn: a reply of the same length (--own-lengths: where the model ends it)
+        same = None if args.own_lengths else dataclasses.replace(base, max_new_tokens=max(1, n), ignore_eos=True)
+        serial_tokens += count_tokens("".join(stack.agent.stream(user, text, generation=same)))
     serial_s = time.perf_counter() - t1
     serial_rate = len(serial_turns) / serial_s if serial_turns else float("nan")
 
@@ -209,6 +240,8 @@ def main() -> None:
         "reply_tokens": reply_tokens, "serial_reply_tokens": serial_tokens,
         "tokens_per_s": round(reply_tokens / wall, 1),
         "serial_tokens_per_s": round(serial_tokens / serial_s, 1) if serial_s else 0.0,
+        "clients_in": "threads" if args.client_threads else "processes",
+        "serial_lengths": "own" if args.own_lengths else "same as the clients'",
         "mode": f"duration {args.duration:g} s" if args.duration is not None else f"{args.turns} turns per client",
         "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms, "dtype": stack.local.plan.describe(),
     }
