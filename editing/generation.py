@@ -281,6 +281,14 @@ def _linear(x: torch.Tensor, module: Any, lora: _Term | None, packed: PackedLine
     return out if lora is None else out + lora(x)
 
 
+def _linears(x: torch.Tensor, modules: Sequence[Any], loras: Sequence[_Term | None],
+             packed: PackedLinears | None) -> list[torch.Tensor]:
+    """:func:`_linear` of several modules on one input: one product for a packed group (``packed.linears``)."""
+    if packed is None:
+        return [_linear(x, m, lora) for m, lora in zip(modules, loras)]
+    return [out if lora is None else out + lora(x) for out, lora in zip(packed.linears(x, modules), loras)]
+
+
 _SLOTS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
           "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
@@ -370,7 +378,8 @@ class _LlamaStep:
         self.lora = self._terms(model, deltas, row_deltas)  # per layer: slot ("q", ..., "down") → term
         # bf16 on a CPU: every projection and the LM head from weights packed once (editing/packed.py); else None.
         self.packed = packed_linears(model, [getattr(ly, slot) for ly in self.layers for slot in _SLOTS]
-                                     + [self.lm_head])
+                                     + [self.lm_head], [g for ly in self.layers for g in ((ly.q, ly.k, ly.v),
+                                                                                          (ly.gate, ly.up))])
         self._model = model
         self._rows = None if row_deltas is None else [tuple(r) for r in row_deltas]  # kept for join()
         first = cache.layers[0].keys  # (batch, kv_heads, T, head_dim)
@@ -482,9 +491,10 @@ class _LlamaStep:
         for i, ly in enumerate(self.layers):
             h = _rms_norm(x, ly.norm1.weight, ly.norm1.variance_epsilon)
             lora = self.lora[i]
-            q = _linear(h, ly.q, lora.get("q"), pk).view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = _linear(h, ly.k, lora.get("k"), pk).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = _linear(h, ly.v, lora.get("v"), pk).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = _linears(h, (ly.q, ly.k, ly.v), (lora.get("q"), lora.get("k"), lora.get("v")), pk)
+            q = q.view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin  # (batch, heads, 1, head_dim)
             k = k * cos + _rotate_half(k) * sin  # (batch, kv_heads, 1, head_dim)
             self.keys[i, :, :, position:end] = k
@@ -496,8 +506,8 @@ class _LlamaStep:
             attn = attn.transpose(1, 2).reshape(batch, 1, -1)  # (batch, 1, heads * head_dim)
             x = x + _linear(attn, ly.o, lora.get("o"), pk)
             h = _rms_norm(x, ly.norm2.weight, ly.norm2.variance_epsilon)
-            gate = _linear(h, ly.gate, lora.get("gate"), pk)
-            x = x + _linear(ly.act(gate) * _linear(h, ly.up, lora.get("up"), pk), ly.down, lora.get("down"), pk)
+            gate, up = _linears(h, (ly.gate, ly.up), (lora.get("gate"), lora.get("up")), pk)
+            x = x + _linear(ly.act(gate) * up, ly.down, lora.get("down"), pk)
         h = _rms_norm(x, self.final_norm.weight, self.final_norm.variance_epsilon)
         return _linear(h, self.lm_head, None, pk)[:, -1, :]  # (batch, V)
 

@@ -90,10 +90,11 @@ def test_a_bf16_batch_decodes_the_same_tokens_packed_or_not(local_model: LocalMo
 
 
 @needs_packing
-def test_an_in_place_weight_change_is_seen_by_the_next_step(local_model: LocalModel, bf16_model) -> None:
+@pytest.mark.parametrize("module", ["mlp.down_proj", "self_attn.k_proj"], ids=["packed-alone", "packed-in-a-group"])
+def test_an_in_place_weight_change_is_seen_by_the_next_step(local_model: LocalModel, bf16_model, module: str) -> None:
     ids = local_model.encode_chat([{"role": "user", "content": PROMPTS[0]}])
     token = torch.tensor([[local_model.tokenizer.convert_tokens_to_ids("The")]])
-    down = bf16_model.model.layers[5].mlp.down_proj.weight
+    down = bf16_model.model.layers[5].get_submodule(module).weight
     original = down.detach().clone()
     try:
         with torch.inference_mode():
@@ -110,6 +111,53 @@ def test_an_in_place_weight_change_is_seen_by_the_next_step(local_model: LocalMo
     finally:
         with torch.no_grad():
             down.copy_(original)
+
+
+@needs_packing
+def test_a_packed_group_gives_each_projections_own_numbers(bf16_model) -> None:
+    # A layer's q, k and v (and its gate and up) are packed as one stacked matrix: one product, and each slice
+    # is bit for bit what that projection gives alone, for one row and for a batch.
+    import torch.nn.functional as F
+
+    from editing.packed import PackedLinears
+
+    layer = bf16_model.model.layers[3]
+    groups = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+              (layer.mlp.gate_proj, layer.mlp.up_proj)]
+    packed = PackedLinears([m for g in groups for m in g], groups)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for rows in (1, 3, 4):
+            x = torch.randn(rows, 1, layer.self_attn.q_proj.in_features, generator=gen).to(torch.bfloat16)
+            for group in groups:
+                outs = packed.linears(x, group)
+                assert [o.shape[-1] for o in outs] == [m.out_features for m in group]
+                for out, m in zip(outs, group):
+                    assert torch.equal(out, F.linear(x, m.weight)), f"{rows} rows: a grouped projection differs"
+
+
+@needs_packing
+def test_deltas_on_grouped_projections_decode_as_unpacked(local_model: LocalModel, bf16_model, monkeypatch) -> None:
+    from editing import LowRankDelta
+
+    gen = torch.Generator().manual_seed(3)
+
+    def delta(name: str) -> LowRankDelta:
+        n_out, n_in = bf16_model.get_submodule(name).weight.shape
+        return LowRankDelta(name, torch.randn(2, n_in, generator=gen) * 0.2, torch.randn(n_out, 2, generator=gen) * 0.2)
+
+    deltas = [delta("model.layers.2.self_attn.v_proj"), delta("model.layers.4.mlp.up_proj")]
+    ids = local_model.encode_chat([{"role": "user", "content": PROMPTS[1]}])
+    settings = GenerationSettings(max_new_tokens=16)
+    runs = []
+    for off, with_deltas in (("1", True), ("0", True), ("1", False)):
+        monkeypatch.setenv("PLLM_PACKED_LINEAR", off)
+        decoder = Decoder(bf16_model, local_model.tokenizer)
+        list(decoder.stream(ids, settings, deltas if with_deltas else []))
+        assert decoder.last_path == "llama-fast"
+        runs.append(list(decoder.last_token_ids))
+    assert runs[0] == runs[1]  # the user's terms on a grouped projection: as without packing
+    assert runs[0] != runs[2]  # and they were applied
 
 
 def test_the_device_plan_says_whether_bf16_decoding_is_packed(monkeypatch) -> None:
