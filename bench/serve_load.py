@@ -39,6 +39,7 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import resource
 import socket
 import statistics
 import sys
@@ -183,7 +184,7 @@ def main() -> None:
             take(120.0)
         except queue.Empty:
             sys.exit(f"only {len(ready | finished)} of {args.clients} clients started within 120 s")
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     deadline = t0 + args.timeout_s
     go.set()
     while len(finished) < args.clients:
@@ -192,9 +193,11 @@ def main() -> None:
         except queue.Empty:
             failures.append(f"{args.clients - len(finished)} client(s) still running at the time limit")
             break
-    wall = time.monotonic() - t0
+    wall, server_cpu = time.monotonic() - t0, time.process_time() - cpu0
     for w in workers:
         w.join(timeout=10)
+    # CPU the client processes used (they started before t0, but only built an HTTP client then)
+    clients_cpu = None if args.client_threads else resource.getrusage(resource.RUSAGE_CHILDREN)
     server.should_exit = True
     stack.local.batcher.wait_idle(timeout=60)  # a client returns when its row ends; the batch's counts come after
     batch_sizes = list(stack.local.batcher.batch_sizes) if stack.local.batcher else []
@@ -236,7 +239,9 @@ def main() -> None:
         "ratio": round((done / wall) / serial_rate, 2), "lost": lost, "crossed": crossed,
         "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else 0.0, "decode_loops": len(batch_sizes),
         "joined_mid_batch": joined,
-        "wall_s": round(wall, 1), "all_active_s": round(all_active_s, 1), "serial_s": round(serial_s, 1),
+        "wall_s": round(wall, 1), "server_cpu_s": round(server_cpu, 1),
+        "clients_cpu_s": None if clients_cpu is None else round(clients_cpu.ru_utime + clients_cpu.ru_stime, 1),
+        "all_active_s": round(all_active_s, 1), "serial_s": round(serial_s, 1),
         "reply_tokens": reply_tokens, "serial_reply_tokens": serial_tokens,
         "tokens_per_s": round(reply_tokens / wall, 1),
         "serial_tokens_per_s": round(serial_tokens / serial_s, 1) if serial_s else 0.0,
