@@ -75,6 +75,7 @@ class PackedLinears:
         self.modules = list(modules)
         self.signature = _signature(self.modules)
         known = {id(m) for m in self.modules}
+        self.requested = [tuple(id(m) for m in g) for g in groups]  # as asked (a group with a bias is not packed)
         self.groups = [tuple(g) for g in groups
                        if len(g) > 1 and all(id(m) in known and m.bias is None for m in g)]
         grouped = {id(m) for g in self.groups for m in g}
@@ -120,9 +121,8 @@ def packed_linears(model: Any, modules: Sequence[Any], groups: Sequence[Sequence
         return None
     with _lock:
         found = _by_model.get(model)
-        same = [id(m) for m in found.modules] == [id(m) for m in modules] if found is not None else False
-        if found is not None and same and found.current() \
-                and [tuple(map(id, g)) for g in found.groups] == [tuple(map(id, g)) for g in groups]:
+        if found is not None and found.current() and [id(m) for m in found.modules] == [id(m) for m in modules] \
+                and found.requested == [tuple(id(m) for m in g) for g in groups]:
             return found
         try:
             built = PackedLinears(modules, groups)

@@ -137,6 +137,20 @@ def test_a_packed_group_gives_each_projections_own_numbers(bf16_model) -> None:
 
 
 @needs_packing
+def test_a_group_with_a_bias_is_packed_one_by_one_and_not_again_at_every_step() -> None:
+    from editing.packed import packed_linears
+
+    model = torch.nn.Module()
+    q, k = torch.nn.Linear(64, 32, bias=True).to(torch.bfloat16), torch.nn.Linear(64, 16).to(torch.bfloat16)
+    first = packed_linears(model, [q, k], [(q, k)])
+    assert first is not None and first.groups == []  # biases are not stacked: each projection alone
+    assert packed_linears(model, [q, k], [(q, k)]) is first  # the next step reuses the packed copies
+    x = torch.randn(2, 1, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert all(torch.equal(a, b) for a, b in zip(first.linears(x, (q, k)), (q(x), k(x))))
+
+
+@needs_packing
 def test_deltas_on_grouped_projections_decode_as_unpacked(local_model: LocalModel, bf16_model, monkeypatch) -> None:
     from editing import LowRankDelta
 
