@@ -34,8 +34,8 @@ def run_client(i: int, port: int, script: list[str], n_turns: int, duration_s: f
         out.put(("ready", i))
         go.wait()
         last_start = time.monotonic() + min(timeout_s, duration_s if duration_s is not None else timeout_s)
-        for t in range(n_turns):
-            text = script[t % len(script)]
+        for k in range(n_turns):
+            text = script[k % len(script)]
             if time.monotonic() > last_start:
                 break
             out.put(("sent", i, text))

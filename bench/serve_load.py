@@ -13,8 +13,8 @@ user's stored turns are checked: ``lost`` = turns a client sent that are not in 
 
 Why the same lengths: in bf16 a batched row may round differently from its solo run (``editing.batch_decode``),
 and its reply may end sooner or later; with free lengths the serial replies came out 49 % longer than the
-clients' in one run (3947 vs 2651 tokens) and 7 % shorter in another, which moved the turn ratio either way. In fp32 a batched reply equals the
-solo one token for token, so there the lengths agree either way.
+clients' in one run (3947 vs 2651 tokens) and 7 % shorter in another, which moved the turn ratio either way. In
+fp32 a batched reply equals the solo one token for token, so there the lengths agree either way.
 
 Two ways to bound a run:
 
@@ -142,7 +142,7 @@ def main() -> None:
     finished_at: list[float] = []  # when each client ended its last turn (monotonic)
     failures: list[str] = []
 
-    n_turns = args.turns if args.duration is None else 1_000_000
+    n_turns = args.turns if args.duration is None else 1_000_000  # each client repeats its 8-turn script
     if args.client_threads:
         out: Any = queue.Queue()
         go: Any = threading.Event()
