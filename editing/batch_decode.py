@@ -22,7 +22,9 @@ bf16 a batched reply may differ from the solo one (both are the model's greedy r
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +52,10 @@ __all__ = ["BatchDecoder", "decode_batch"]
 
 log = logging.getLogger(__name__)
 
-# admit(rows still decoding) -> the (prompt (1, T), deltas) pairs that join the running batch now
-Admit = Callable[[int], Sequence[tuple[torch.Tensor, Sequence[LowRankDelta]]]]
+# admit(rows still decoding) -> the (prompt (1, T), deltas) pairs that join the running batch now; a pair may carry a
+# third item, the prompt's prefill already made elsewhere (:meth:`BatchDecoder.prefill_one`: (logits (1, V), cache)),
+# and then only its cache is copied in
+Admit = Callable[[int], Sequence[tuple[Any, ...]]]
 
 
 def _check_batch(prompts: Sequence[torch.Tensor],
@@ -95,7 +99,8 @@ class BatchDecoder:
     """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *,
-                 fast_path: bool = True, prefix_cache: "PrefixCache | None" = None) -> None:
+                 fast_path: bool = True, prefix_cache: "PrefixCache | None" = None,
+                 forward_lock: "threading.Lock | None" = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.solo = Decoder(model, tokenizer, fast_path=fast_path)  # path choice and token choice are shared
@@ -103,6 +108,10 @@ class BatchDecoder:
         self.last_path: str | None = None
         self.last_token_ids: list[list[int]] = []
         self.joined = 0  # rows that joined a running batch (continuous batching), over this decoder's life
+        # Held around every forward through the model's modules (prefills, the general step): their per-row hooks
+        # are module-global, and another thread may prefill a joining prompt meanwhile (prefill_one). The fast step
+        # reads the weights directly and needs no lock.
+        self.forward_lock = forward_lock or contextlib.nullcontext()
 
     def _pad_id(self) -> int:
         if self.tokenizer.pad_token_id is not None:
@@ -123,6 +132,12 @@ class BatchDecoder:
                  model_kwargs: dict[str, Any],
                  rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
         """One forward over the padded batch → (last position's logits (batch, V), the filled cache)."""
+        with self.forward_lock:
+            return self._prefill_locked(input_ids, pads, stacks, model_kwargs, rows)
+
+    def _prefill_locked(self, input_ids: torch.Tensor, pads: torch.Tensor, stacks: dict[str, Any],
+                        model_kwargs: dict[str, Any],
+                        rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
         from transformers import DynamicCache
 
         if self.prefix_cache is not None and input_ids.shape[0] == 1 and not model_kwargs:
@@ -137,6 +152,15 @@ class BatchDecoder:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
         return out.logits[:, -1, :], cache
+
+    @torch.inference_mode()
+    def prefill_one(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta] = ()) -> tuple[torch.Tensor, Any]:
+        """One prompt's prefill, made ahead of its joining a running batch (on any thread): ``(logits (1, V),
+        cache)``, to hand back as the third item of its ``admit`` entry. Uses the prefix cache like a solo prefill."""
+        rows = _check_batch([input_ids], [deltas])
+        ids = self._on_model([input_ids])[0]
+        pads = torch.zeros((1, 1), dtype=torch.long, device=ids.device)
+        return self._prefill(ids, pads, self._stacks(rows), {}, rows)
 
     def _step(self, cache: Any, capacity: int, pads: torch.Tensor, rows: list[tuple[LowRankDelta, ...]],
               stacks: dict[str, Any], model_kwargs: dict[str, Any]) -> _LlamaStep | _ModelStep:
@@ -231,7 +255,11 @@ class BatchDecoder:
                     column -= step.compact(column)  # the rows that left may have held the cache's left part
             if keep:
                 token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
-                logits = step(token, column)
+                if isinstance(step, _LlamaStep):
+                    logits = step(token, column)
+                else:
+                    with self.forward_lock:  # the general step runs the modules (and their hooks)
+                        logits = step(token, column)
                 column += 1
             joining = list(admit(len(active))) if can_join else []  # type: ignore[misc]
             if not keep and not joining:
@@ -239,7 +267,7 @@ class BatchDecoder:
             if joining:
                 logits, column = self._join(step, joining, logits if keep else None, column, settings, model_kwargs)
                 first = len(lengths)
-                new_prompts = [ids for ids, _ in joining]
+                new_prompts = [entry[0] for entry in joining]
                 lengths += [ids.shape[1] for ids in new_prompts]
                 open_rows(new_prompts)
                 pieces += [[] for _ in new_prompts]
@@ -249,24 +277,46 @@ class BatchDecoder:
         self.last_token_ids = [text.ids for text in texts]
         return [replies[row] for row in range(len(texts))]
 
-    def _join(self, step: _LlamaStep, joining: Sequence[tuple[torch.Tensor, Sequence[LowRankDelta]]],
-              logits: torch.Tensor | None, column: int, settings: GenerationSettings,
-              model_kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
-        """Prefill the joining prompts and add them to ``step``; the logits of every row and the new column."""
-        prompts = [ids for ids, _ in joining]
-        rows = _check_batch(prompts, [deltas for _, deltas in joining])
-        prompts = self._on_model(prompts)
-        input_ids, pads = _left_pad(prompts, self._pad_id())
-        new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs, rows)
-        column = step.join(cache, column, pads, rows, settings.max_new_tokens)
-        return (new_logits if logits is None else torch.cat([logits, new_logits])), column
+    def _join(self, step: _LlamaStep, joining: Sequence[tuple[Any, ...]], logits: torch.Tensor | None, column: int,
+              settings: GenerationSettings, model_kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Add the joining prompts to ``step`` (prefilled here, or already: an entry's third item), in their order;
+        the logits of every row and the new column."""
+        parts = [] if logits is None else [logits]
+        fresh: list[tuple[torch.Tensor, Sequence[LowRankDelta]]] = []
+
+        def prefill_fresh() -> None:
+            nonlocal column
+            if not fresh:
+                return
+            prompts = [ids for ids, _ in fresh]
+            rows = _check_batch(prompts, [deltas for _, deltas in fresh])
+            prompts = self._on_model(prompts)
+            input_ids, pads = _left_pad(prompts, self._pad_id())
+            new_logits, cache = self._prefill(input_ids, pads, self._stacks(rows), model_kwargs, rows)
+            column = step.join(cache, column, pads, rows, settings.max_new_tokens)
+            parts.append(new_logits)
+            fresh.clear()
+
+        for entry in joining:
+            ready = entry[2] if len(entry) > 2 else None
+            if ready is None:
+                fresh.append((entry[0], entry[1]))
+                continue
+            prefill_fresh()  # rows keep the order they were given in
+            new_logits, cache = ready
+            rows = _check_batch([entry[0]], [entry[1]])
+            pads = torch.zeros((1, 1), dtype=torch.long, device=new_logits.device)
+            column = step.join(cache, column, pads, rows, settings.max_new_tokens)
+            parts.append(new_logits)
+        prefill_fresh()
+        return torch.cat(parts), column
 
 
 def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[torch.Tensor],
                  settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
                  on_piece: Callable[[int, str], None] | None = None, on_done: Callable[[int, str], None] | None = None,
                  admit: Admit | None = None, prefix_cache: "PrefixCache | None" = None,
-                 **model_kwargs: Any) -> list[str]:
+                 forward_lock: "threading.Lock | None" = None, **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
-    return BatchDecoder(model, tokenizer, prefix_cache=prefix_cache).run(
+    return BatchDecoder(model, tokenizer, prefix_cache=prefix_cache, forward_lock=forward_lock).run(
         prompts, settings, deltas_per_row, on_piece=on_piece, on_done=on_done, admit=admit, **model_kwargs)

@@ -18,7 +18,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -32,6 +34,9 @@ __all__ = ["BatchRequest", "RequestBatcher"]
 # rows' text; on_done(row, reply) hands out a row's reply when it ends; admit(active rows) hands the decode loop the
 # queued requests that join it (editing.batch_decode.Admit).
 RunBatch = Callable[..., list[str]]
+
+# prefill_ahead(prompt (1, T), deltas) -> a future of its prefill, (logits (1, V), cache): see RequestBatcher
+PrefillAhead = Callable[[torch.Tensor, tuple[LowRankDelta, ...]], "Future[Any]"]
 
 _END = object()  # end of a streaming request's pieces
 
@@ -47,12 +52,14 @@ class BatchRequest:
     reply: str | None = None
     error: BaseException | None = None
     pieces: "queue.SimpleQueue[object] | None" = None  # streaming requests: their text as it is decoded, then _END
+    ahead: "Future[Any] | None" = None  # its prefill, started on arrival while a batch runs (prefill_ahead)
 
 
 class RequestBatcher:
     """Serve concurrent requests in batches through ``run_batch(prompts, settings, deltas_per_row)``."""
 
-    def __init__(self, run_batch: RunBatch, *, window_s: float, max_batch: int = 8, continuous: bool = True) -> None:
+    def __init__(self, run_batch: RunBatch, *, window_s: float, max_batch: int = 8, continuous: bool = True,
+                 prefill_ahead: "PrefillAhead | None" = None) -> None:
         if window_s <= 0 or max_batch < 2:
             raise InvalidRequest(f"a batcher needs window_s > 0 and max_batch >= 2, got {window_s}, {max_batch}")
         self.run_batch = run_batch
@@ -66,6 +73,12 @@ class RequestBatcher:
         self.continuous = continuous  # requests may join a running batch (run_batch's admit=)
         self.joined = 0  # requests that joined a running batch
         self._leading = 0  # leaders not yet done (waiting out a window, or running a batch)
+        # prefill_ahead(ids, deltas) -> a future of the prompt's prefill, made elsewhere (the engine's prefill
+        # process) while the running batch goes on decoding; a request that arrives while a batch runs joins it
+        # once that is done
+        # (BatchDecoder.prefill_one; the decode loop then only copies its cache in). None: joining rows are
+        # prefilled by the decode loop itself, between two of its steps.
+        self.prefill_ahead = prefill_ahead
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no request is queued and no batch is forming or running; False if ``timeout`` ran out.
@@ -77,6 +90,8 @@ class RequestBatcher:
 
     def _enqueue(self, request: BatchRequest) -> bool:
         """Queue ``request``; True when its caller must lead the next batch."""
+        if self.prefill_ahead is not None and self.continuous and self._running.locked():
+            request.ahead = self.prefill_ahead(request.input_ids, request.deltas)  # joins the running batch
         with self._cond:
             self._queue.append(request)
             lead = not self._forming
@@ -166,12 +181,18 @@ class RequestBatcher:
             if free <= 0 or not self._queue:  # an unlocked peek: a request missed now is seen at the next step
                 return []
             with self._cond:
-                taken = [r for r in self._queue if r.settings == settings][:free]
-                chosen = {id(r) for r in taken}
+                taken = [r for r in self._queue if r.settings == settings and (r.ahead is None or r.ahead.done())]
+                failed = [r for r in taken if r.ahead is not None and r.ahead.exception() is not None]
+                taken = [r for r in taken if r.ahead is None or r.ahead.exception() is None][:free]
+                chosen = {id(r) for r in taken + failed}
                 self._queue = [r for r in self._queue if id(r) not in chosen]
+            for request in failed:  # its own prefill failed (a bad delta, say): only it hears of it
+                request.error = request.ahead.exception()  # type: ignore[union-attr]
+                self._finish(request)
             group.extend(taken)  # row i of the decode loop is group[i]
             self.joined += len(taken)
-            return [(r.input_ids, r.deltas) for r in taken]
+            return [(r.input_ids, r.deltas) if r.ahead is None else (r.input_ids, r.deltas, r.ahead.result())
+                    for r in taken]
 
         try:
             replies = self.run_batch([r.input_ids for r in group], settings, [r.deltas for r in group],
