@@ -93,6 +93,8 @@ class Stack:
         if self.agent.worker.store is not None:
             self.agent.worker.store.close()
         self.memory.close()
+        if self.local is not None:
+            self.local.close()  # an engine process, if one was started
 
 
 def build_stack(settings: Settings, *, clock: "Clock | None" = None, local: "LocalModel | None" = None,

@@ -32,9 +32,12 @@ from editing.model_cache import OFFLINE_LOAD, ensure_converted, locate_packaged_
 from editing.compute import COMPUTE
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from editing.adapters import UserView
+    from editing.engine import EngineClient
 
 __all__ = ["RuntimeConfig", "LocalModel", "ChatTurn", "model_id_for"]
 
@@ -122,16 +125,66 @@ class LocalModel:
         self.plan = plan
         self.source = source
         self.lock = threading.RLock()
+        # Held around forwards through the model's modules (whose per-row delta hooks are module-global) wherever
+        # they may meet a prefill made ahead on another thread (enable_batching's prefill_ahead).
+        self.forward_lock = threading.RLock()
         self.guard = SpecialTokenGuard(tokenizer)
-        self.batcher: RequestBatcher | None = None
+        self.batcher: RequestBatcher | EngineClient | None = None
+        self.config: RuntimeConfig | None = None  # what load() loaded it with (an engine process loads the same)
         # Prompts' KV reused by later prompts with the same start (system message, the session so far); None: off.
         self.prefix_cache = PrefixCache(prefix_cache_mb * 2**20) if prefix_cache_mb > 0 else None
 
-    def enable_batching(self, window_ms: float = 20.0, max_batch: int = 8) -> None:
+    def enable_batching(self, window_ms: float = 20.0, max_batch: int = 8, *,
+                        prefill_ahead: "Callable[[torch.Tensor, tuple], Future[Any]] | None" = None) -> None:
         """Serve concurrent :meth:`generate` and :meth:`stream` calls that arrive within ``window_ms`` as one batch
-        (``window_ms=0``: off, one request at a time). Calls with extra model kwargs are never batched."""
+        (``window_ms=0``: off, one request at a time). Calls with extra model kwargs are never batched.
+        An engine process started by :meth:`enable_engine_process` is stopped first.
+
+        ``prefill_ahead(input_ids, deltas)``: a future of the prompt's prefill made elsewhere (the engine process
+        hands it to a prefill process of its own), for each request that arrives while a batch decodes: the
+        batch's rows go on decoding meanwhile and the request joins with its cache ready (see
+        :meth:`editing.batch_decode.BatchDecoder.prefill_one`). None: the decode loop prefills it between two
+        steps."""
+        self._close_engine()
         self.batcher = None if window_ms <= 0 else RequestBatcher(self._run_batch, window_s=window_ms / 1000,
-                                                                  max_batch=max_batch)
+                                                                  max_batch=max_batch, prefill_ahead=prefill_ahead)
+
+    def enable_engine_process(self, window_ms: float = 25.0, max_batch: int = 8,
+                              cpus: Sequence[int] | str | None = None, *, prefill_ahead: bool = True) -> "EngineClient":
+        """Decode batched :meth:`generate` and :meth:`stream` calls in a process of its own (see
+        :mod:`editing.engine` for why), with its own copy of this model loaded the same way; ``cpus`` pins it.
+
+        With two or more ``cpus`` (and ``prefill_ahead``), the engine decodes on the first and prefills the
+        requests that join a running batch on the others meanwhile (one torch thread each; see
+        :meth:`enable_batching`). Everything else (fused MOD views, ``model_kwargs``, :meth:`generate_batch`,
+        training) stays in this process on this model. Replaces any batcher; :meth:`close` (or
+        ``enable_batching``) stops the engine."""
+        from editing.engine import EngineClient, parse_cpus
+
+        if self.config is None:
+            raise InvalidRequest("an engine process loads the model the way LocalModel.load(config) did, but this "
+                                 "model was not made by LocalModel.load; load it that way to use an engine process")
+        chosen = parse_cpus(cpus)
+        self._close_engine()
+        self.batcher = None
+        engine = EngineClient(self.config, window_ms=window_ms, max_batch=max_batch, cpus=chosen,
+                              prefill_ahead=prefill_ahead)
+        if engine.model_id != self.model_id:
+            engine.close()
+            raise InvalidRequest(f"the engine process loaded {engine.model_id!r}, not {self.model_id!r}")
+        self.batcher = engine
+        return engine
+
+    def _close_engine(self) -> None:
+        from editing.engine import EngineClient
+
+        if isinstance(self.batcher, EngineClient):
+            self.batcher.close()
+            self.batcher = None
+
+    def close(self) -> None:
+        """Stop the engine process, if one runs (the model itself needs no closing)."""
+        self._close_engine()
 
     @classmethod
     def load(cls, config: RuntimeConfig | None = None) -> "LocalModel":
@@ -156,6 +209,7 @@ class LocalModel:
         log.info("loaded %s on %s in %.2f s", model_id, plan.describe(), time.perf_counter() - t0)
         local = cls(model, tokenizer, model_id=model_id, plan=plan, source=source,
                     prefix_cache_mb=config.prefix_cache_mb)
+        local.config = config
         local.enable_batching(config.batch_window_ms, config.max_batch)
         return local
 
@@ -201,7 +255,7 @@ class LocalModel:
 
     def _decode_here(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: tuple,
                      model_kwargs: dict[str, Any]) -> Iterator[str]:
-        with self.lock:  # hooks are module-global: one request at a time, and only this one's deltas
+        with self.lock, self.forward_lock:  # hooks are module-global: one request at a time, only its deltas
             yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas,
                                      prefix_cache=self.prefix_cache, **model_kwargs)
 
@@ -211,7 +265,7 @@ class LocalModel:
         from editing.alignment.mod import fused_stream
 
         def run() -> Iterator[str]:
-            with self.lock:
+            with self.lock, self.forward_lock:
                 yield from fused_stream(self.model, self.tokenizer, input_ids, view.fusion, settings, view.deltas)
 
         return COMPUTE.iterate(run)
@@ -254,7 +308,7 @@ class LocalModel:
             with self.lock:  # the batch is one request as far as the model is concerned
                 return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row,
                                     on_piece=on_piece, on_done=on_done, admit=between_steps,
-                                    prefix_cache=self.prefix_cache)
+                                    prefix_cache=self.prefix_cache, forward_lock=self.forward_lock)
 
         return COMPUTE.call(run)
 
@@ -278,7 +332,7 @@ class LocalModel:
             mixes = [view.fusion if view is not None else () for _, view in requests]
 
             def run() -> list[str]:
-                with self.lock:
+                with self.lock, self.forward_lock:
                     return fused_decode(self.model, self.tokenizer, prompts, mixes, settings, deltas)
 
             return COMPUTE.call(run)

@@ -1,0 +1,593 @@
+"""The chat model's batched decoder in a process of its own (``LocalModel.enable_engine_process``).
+
+Why: in one process, every thread shares one interpreter lock. A decode step is hundreds of small torch ops, and
+each op gives the lock up and takes it back; while a web server, LangGraph and Chroma (whose embedded client holds
+the lock for the whole of each call) run Python on other threads, each take-back waits. Measured on 2 cores, one
+bf16 decode step of 3 rows: 39 ms alone, 54-55 ms while another thread runs Chroma upserts or plain Python 30 % of
+the time, and 1.5 s while it runs Python all the time. vLLM keeps its engine core in a process of its own for the
+same reason. Here the engine process owns a copy of the base model, the prefix cache and the batcher
+(:class:`~editing.batcher.RequestBatcher`, continuous batching); the serving process keeps everything else —
+HTTP, the agent graph, memory, the embedder, the update worker and its model — and hands it token ids, a user's
+deltas and the settings, and reads back each row's text as it is decoded.
+
+``cpus`` pins the engine to those CPUs (and its torch to as many threads); the serving process may then be kept
+off them (:func:`pin_process`), so neither preempts the other. Without ``cpus`` the OS places both.
+
+Protocol (one duplex pipe, pickled tuples, in order):
+
+* parent → engine: ``("req", rid, token_ids, delta_specs, settings)``, ``("idle", qid, timeout)``,
+  ``("continuous", bool)``, ``("close",)``;
+* engine → parent: ``("ready", model_id, placement)`` or ``("failed", message)`` once at start, then
+  ``("piece", rid, text)``, ``("end", rid)``, ``("error", rid, exception)``, ``("idle", qid, ok, batch_sizes,
+  joined)``.
+
+A delta travels once: both sides keep the same most-recently-used table of deltas by content digest (updated in
+the pipe's order), so later requests name it by digest, and the engine hands the batcher the same tensors each
+time (its prefix cache keys a user's deltas by tensor identity).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import threading
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Future
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from editing.errors import EditingError, InvalidRequest
+from editing.generation import GenerationSettings
+from editing.requests import LowRankDelta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from multiprocessing.connection import Connection
+
+    from editing.runtime import RuntimeConfig
+
+__all__ = ["EngineClient", "EngineUnavailable", "parse_cpus", "pin_process"]
+
+log = logging.getLogger(__name__)
+
+DELTA_TABLE = 512  # deltas each side keeps by digest (most recently used)
+_END = object()
+
+
+class EngineUnavailable(EditingError, RuntimeError):
+    """The engine process could not start, or has exited; nothing more can be decoded through it."""
+
+
+def parse_cpus(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"0"``, ``"0,1"``, ``"0-3"`` or a sequence of CPU numbers → a sorted tuple (None/empty → None).
+
+    Every CPU must be one this process may run on (``os.sched_getaffinity``)."""
+    if text is None or text == "" or (not isinstance(text, str) and not text):
+        return None
+    cpus: set[int] = set()
+    if isinstance(text, str):
+        for part in text.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    lo, hi = (int(x) for x in part.split("-", 1))
+                    if hi < lo:
+                        raise ValueError
+                    cpus.update(range(lo, hi + 1))
+                else:
+                    cpus.add(int(part))
+            except ValueError:
+                raise InvalidRequest(f"bad CPU list {text!r}: give numbers and ranges such as '0', '0,1' or "
+                                     "'0-3'") from None
+    else:
+        cpus.update(int(c) for c in text)
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    unknown = sorted(cpus - allowed)
+    if unknown:
+        raise InvalidRequest(f"CPU(s) {unknown} are not available to this process (it may use {sorted(allowed)})")
+    return tuple(sorted(cpus))
+
+
+def pin_process(cpus: Sequence[int]) -> None:
+    """Keep every thread of this process, and the threads it starts later, on ``cpus`` (Linux)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise InvalidRequest("pinning to CPUs needs Linux (os.sched_setaffinity)")
+    mask = set(cpus)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, mask)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def _digest(delta: LowRankDelta) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(delta.module.encode())
+    for t in (delta.A, delta.B):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _DeltaTable:
+    """Deltas by digest, most recently used last; both sides update theirs in the pipe's order."""
+
+    def __init__(self, size: int = DELTA_TABLE) -> None:
+        self.size = size
+        self.items: OrderedDict[str, Any] = OrderedDict()
+
+    def touch(self, key: str, value: Any = None) -> Any:
+        if value is not None:
+            self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return self.items[key]
+
+
+class _DeltaSender:
+    """The sending side of a delta table: a delta's content the first time, its digest afterwards. Call
+    :meth:`specs` and send its result under one lock, so the receiver's table changes in the same order."""
+
+    def __init__(self) -> None:
+        self.sent = _DeltaTable()
+        self._digests: dict[tuple[int, int, int, int], tuple[Any, Any, str]] = {}
+
+    def specs(self, deltas: Sequence[LowRankDelta]) -> list[tuple[Any, ...]]:
+        out = []
+        for delta in deltas:
+            digest = self._digest_of(delta)
+            if digest in self.sent.items:
+                self.sent.touch(digest)
+                out.append(("ref", digest))
+            else:
+                self.sent.touch(digest, True)
+                out.append(("new", digest, delta.module, delta.A.detach().cpu(), delta.B.detach().cpu()))
+        return out
+
+    def _digest_of(self, delta: LowRankDelta) -> str:
+        """Content digest, remembered per (tensor, version) while both tensors live."""
+        key = (id(delta.A), delta.A._version, id(delta.B), delta.B._version)
+        hit = self._digests.get(key)
+        if hit is not None and hit[0]() is delta.A and hit[1]() is delta.B:
+            return hit[2]
+        digest = _digest(delta)
+        if len(self._digests) > 4 * DELTA_TABLE:
+            self._digests.clear()
+        self._digests[key] = (weakref.ref(delta.A), weakref.ref(delta.B), digest)
+        return digest
+
+
+class EngineClient:
+    """The serving side of an engine process; the same ``stream``/``submit``/``wait_idle`` as a
+    :class:`~editing.batcher.RequestBatcher`, so :class:`~editing.runtime.LocalModel` uses either."""
+
+    def __init__(self, config: "RuntimeConfig", *, window_ms: float = 25.0, max_batch: int = 8,
+                 cpus: Sequence[int] | None = None, prefill_ahead: bool = True,
+                 start_timeout_s: float = 600.0) -> None:
+        if window_ms <= 0 or max_batch < 2:
+            raise InvalidRequest(f"an engine process needs window_ms > 0 and max_batch >= 2, got {window_ms}, "
+                                 f"{max_batch}")
+        self.cpus = parse_cpus(cpus) if cpus is not None else None
+        # decode on the first CPU, prefill the requests that join a running batch on the others, at once
+        self.split = bool(prefill_ahead and self.cpus and len(self.cpus) >= 2)
+        self.batch_sizes: list[int] = []  # as of the last wait_idle()
+        self.joined = 0
+        self._continuous = True
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, queue.SimpleQueue[Any]] = {}
+        self._ids = itertools.count(1)
+        self._deltas = _DeltaSender()
+        self._dead: str | None = None
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch's threads
+        self._conn, child = ctx.Pipe(duplex=True)
+        # Not a daemon: the engine starts a prefill process of its own. It still ends with this process: it
+        # stops when its pipe closes, and close() runs at exit (before multiprocessing joins its children).
+        self._proc = ctx.Process(target=_engine_main, name="pllm-engine", daemon=False,
+                                 args=(child, config, window_ms, max_batch, self.cpus, self.split))
+        self._proc.start()
+        child.close()
+        me = weakref.ref(self)
+        atexit.register(lambda: (lambda engine: engine.close() if engine is not None else None)(me()))
+        try:
+            if not self._conn.poll(start_timeout_s):
+                raise EngineUnavailable(f"the engine process did not load the model within {start_timeout_s:.0f} s")
+            first = pickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            self._stop_process()
+            raise EngineUnavailable(f"the engine process exited while starting (exit code {self._proc.exitcode}); "
+                                    "run with -v to see its log") from exc
+        except BaseException:
+            self._stop_process()
+            raise
+        if first[0] != "ready":
+            self._stop_process()
+            raise EngineUnavailable(f"the engine process could not start: {first[1]}")
+        self.model_id, self.placement = first[1], first[2]
+        self._reader = threading.Thread(target=self._read, name="pllm-engine-reader", daemon=True)
+        self._reader.start()
+        log.info("engine process %d serves %s on %s%s", self._proc.pid, self.model_id, self.placement,
+                 "" if not self.cpus else f", decoding on CPU {self.cpus[0]} and prefilling on {list(self.cpus[1:])}"
+                 if self.split else f", CPUs {list(self.cpus)}")
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._proc.is_alive()
+
+    @property
+    def continuous(self) -> bool:
+        return self._continuous
+
+    @continuous.setter
+    def continuous(self, value: bool) -> None:
+        self._continuous = bool(value)
+        self._send(("continuous", self._continuous))
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def stream(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta],
+               settings: GenerationSettings) -> Iterator[str]:
+        """Queue one request in the engine now; an iterator over its reply's pieces as they are decoded."""
+        rid = next(self._ids)
+        sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending[rid] = sink
+        try:
+            ids = input_ids.reshape(-1).tolist()
+            with self._send_lock:  # the delta table changes in the order its messages go out
+                specs = self._deltas.specs(deltas)
+                self._send_locked(("req", rid, ids, specs, settings))
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        return self._pieces(rid, sink)
+
+    def submit(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta], settings: GenerationSettings) -> str:
+        """Queue one request and block until its reply is ready."""
+        return "".join(self.stream(input_ids, deltas, settings))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until the engine has no request queued or decoding; False if ``timeout`` ran out. Refreshes
+        :attr:`batch_sizes` and :attr:`joined` from the engine."""
+        qid = next(self._ids)
+        sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending[qid] = sink
+        self._send(("idle", qid, timeout))
+        try:
+            reply = sink.get(timeout=None if timeout is None else timeout + 30)
+        except queue.Empty:
+            return False
+        finally:
+            self._pending.pop(qid, None)
+        if isinstance(reply, BaseException):
+            raise reply
+        ok, self.batch_sizes, self.joined = reply
+        return bool(ok)
+
+    def _pieces(self, rid: int, sink: "queue.SimpleQueue[Any]") -> Iterator[str]:
+        try:
+            while (item := sink.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._pending.pop(rid, None)
+
+    # ------------------------------------------------------------------------------------------ the pipe
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._send_locked(message)
+
+    def _send_locked(self, message: tuple[Any, ...]) -> None:
+        if self._dead is not None:
+            raise EngineUnavailable(self._dead)
+        try:
+            self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, ValueError) as exc:
+            self._fail(f"the engine process is gone ({exc}); restart the server")
+            raise EngineUnavailable(self._dead or "the engine process is gone") from exc
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = pickle.loads(self._conn.recv_bytes())
+            except (EOFError, OSError):
+                if self._dead is None:
+                    code = self._proc.exitcode
+                    self._fail("the engine process exited" + (f" (exit code {code})" if code is not None else "")
+                               + "; restart the server (run with -v to see why)")
+                return
+            kind = message[0]
+            sink = self._pending.get(message[1])
+            if sink is None:
+                continue
+            if kind == "piece":
+                sink.put(message[2])
+            elif kind == "end":
+                sink.put(_END)
+            elif kind == "error":
+                sink.put(message[2])
+            elif kind == "idle":
+                sink.put(tuple(message[2:]))
+
+    def _fail(self, reason: str) -> None:
+        self._dead = reason
+        for sink in list(self._pending.values()):
+            sink.put(EngineUnavailable(reason))
+
+    # ------------------------------------------------------------------------------------------ stopping
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Let the engine finish what it decodes, then stop it (idempotent)."""
+        if self._dead is None:
+            try:
+                self._send(("close",))
+            except EngineUnavailable:
+                pass
+        self._proc.join(timeout_s)
+        self._stop_process()
+        if self._dead is None:
+            self._dead = "the engine process was closed"
+        try:
+            self._conn.close()
+        except OSError:
+            pass
+
+    def _stop_process(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(10)
+        if self._proc.is_alive():  # pragma: no cover - a process that ignores SIGTERM
+            self._proc.kill()
+            self._proc.join(10)
+
+
+# ---------------------------------------------------------------------------------------------- the engine side
+
+def _pin_thread(cpus: Sequence[int]) -> None:
+    """Keep the calling thread on ``cpus``, with as many torch threads."""
+    os.sched_setaffinity(0, set(cpus))
+    torch.set_num_threads(len(cpus))
+
+
+def _engine_main(conn: "Connection", config: "RuntimeConfig", window_ms: float, max_batch: int,
+                 cpus: tuple[int, ...] | None, split: bool = False) -> None:
+    """Entry point of the engine process: load the model, then serve the pipe until it closes."""
+    import dataclasses
+
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))  # before torch starts its threads: they inherit it
+        if split:  # one torch thread each: the decode loop's and the prefill thread's
+            config = dataclasses.replace(config, threads=1)
+        elif config.threads is None:
+            config = dataclasses.replace(config, threads=len(cpus))
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with send_lock:
+            try:
+                conn.send_bytes(data)
+            except (OSError, ValueError):  # the parent is gone: nothing to tell
+                pass
+
+    try:
+        from editing.runtime import LocalModel
+
+        local = LocalModel.load(dataclasses.replace(config, batch_window_ms=0.0))
+        ahead = None
+        if split:
+            from editing.compute import COMPUTE
+
+            assert cpus is not None and len(cpus) >= 2
+            COMPUTE.call(_pin_thread, cpus[:1])  # the decode loop runs on the compute thread
+            ahead = _PrefillProcess(config, cpus[1:])
+        local.enable_batching(window_ms, max_batch, prefill_ahead=ahead)
+    except BaseException as exc:  # noqa: BLE001 - told to the parent, which raises it
+        send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    batcher = local.batcher
+    assert batcher is not None
+    send(("ready", local.model_id, local.plan.describe()))
+    table = _DeltaTable()
+    device = local.plan.device
+
+    def serve(rid: int, pieces: Iterator[str]) -> None:
+        try:
+            for piece in pieces:
+                send(("piece", rid, piece))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the parent's iterator
+            send(("error", rid, _portable(exc)))
+            return
+        send(("end", rid))
+
+    def idle(qid: int, timeout: float | None) -> None:
+        ok = batcher.wait_idle(timeout)
+        send(("idle", qid, ok, list(batcher.batch_sizes), batcher.joined))
+
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            break
+        kind = message[0]
+        if kind == "close":
+            break
+        if kind == "continuous":
+            batcher.continuous = message[1]
+        elif kind == "idle":
+            threading.Thread(target=idle, args=message[1:], daemon=True).start()
+        elif kind == "req":
+            _, rid, ids, specs, settings = message
+            try:
+                deltas = tuple(_resolve(table, spec, device) for spec in specs)
+                input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+                pieces = batcher.stream(input_ids, deltas, settings)
+            except BaseException as exc:  # noqa: BLE001
+                send(("error", rid, _portable(exc)))
+                continue
+            threading.Thread(target=serve, args=(rid, pieces), name=f"pllm-engine-row-{rid}", daemon=True).start()
+    batcher.wait_idle(60)  # rows still decoding finish (their callers are gone or told)
+    if ahead is not None:
+        ahead.close()
+    conn.close()
+
+
+class _Layer:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+
+
+class _Cache:
+    """A prefill's KV as it came from the prefill process: what ``_LlamaStep.join`` reads (``layers[i].keys``)."""
+
+    def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.layers = [_Layer(k, v) for k, v in layers]
+
+
+class _PrefillProcess:
+    """The engine's ``prefill_ahead``: prompts prefilled in a process of their own (its own interpreter lock and
+    CPUs, so a prefill neither waits for nor stalls the decode loop), their KV sent back to join the batch."""
+
+    def __init__(self, config: "RuntimeConfig", cpus: Sequence[int], start_timeout_s: float = 600.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_prefill_main, name="pllm-prefill", daemon=True,
+                                 args=(child, config, tuple(cpus)))
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self._proc.terminate()
+            raise EngineUnavailable(f"the prefill process did not load the model within {start_timeout_s:.0f} s")
+        first = pickle.loads(self._conn.recv_bytes())
+        if first[0] != "ready":
+            self._proc.join(10)
+            raise EngineUnavailable(f"the prefill process could not start: {first[1]}")
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._futures: dict[int, Future[Any]] = {}
+        self._deltas = _DeltaSender()
+        self._dead: str | None = None
+        threading.Thread(target=self._read, name="pllm-prefill-reader", daemon=True).start()
+
+    def __call__(self, input_ids: torch.Tensor, deltas: tuple[LowRankDelta, ...]) -> "Future[Any]":
+        future: Future[Any] = Future()
+        pid = next(self._ids)
+        self._futures[pid] = future
+        try:
+            with self._lock:
+                if self._dead is not None:
+                    raise EngineUnavailable(self._dead)
+                message = ("prefill", pid, input_ids.reshape(-1).tolist(), self._deltas.specs(deltas))
+                self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except BaseException as exc:  # noqa: BLE001 - the request hears of it through its future
+            self._futures.pop(pid, None)
+            future.set_exception(exc if isinstance(exc, EngineUnavailable)
+                                 else EngineUnavailable(f"the prefill process is gone ({exc})"))
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = pickle.loads(self._conn.recv_bytes())
+            except (EOFError, OSError):
+                self._dead = "the prefill process exited; restart the server"
+                for future in list(self._futures.values()):
+                    future.set_exception(EngineUnavailable(self._dead))
+                self._futures.clear()
+                return
+            future = self._futures.pop(message[1], None)
+            if future is None:
+                continue
+            if message[0] == "done":
+                future.set_result((message[2], _Cache(message[3])))
+            else:
+                future.set_exception(message[2])
+
+    def close(self) -> None:
+        try:
+            with self._lock:
+                self._conn.send_bytes(pickle.dumps(("close",)))
+        except (OSError, ValueError):
+            pass
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(10)
+
+
+def _prefill_main(conn: "Connection", config: "RuntimeConfig", cpus: tuple[int, ...]) -> None:
+    """Entry point of the prefill process: load the model, then prefill what the pipe asks for."""
+    import dataclasses
+
+    os.sched_setaffinity(0, set(cpus))
+    config = dataclasses.replace(config, threads=len(cpus), batch_window_ms=0.0)
+    try:
+        from editing.batch_decode import BatchDecoder
+        from editing.compute import COMPUTE
+        from editing.runtime import LocalModel
+
+        local = LocalModel.load(config)
+        decoder = BatchDecoder(local.model, local.tokenizer, prefix_cache=local.prefix_cache)
+    except BaseException as exc:  # noqa: BLE001 - told to the engine, which raises it
+        conn.send_bytes(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+        return
+    conn.send_bytes(pickle.dumps(("ready",)))
+    table = _DeltaTable()
+    device = local.plan.device
+
+    def prefill(ids: list[int], deltas: tuple[LowRankDelta, ...]) -> tuple[Any, ...]:
+        logits, cache = decoder.prefill_one(torch.tensor([ids], dtype=torch.long, device=device), deltas)
+        return logits, [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            break
+        if message[0] == "close":
+            break
+        _, pid, ids, specs = message
+        try:
+            deltas = tuple(_resolve(table, spec, device) for spec in specs)
+            logits, layers = COMPUTE.call(prefill, ids, deltas)
+            reply: tuple[Any, ...] = ("done", pid, logits, layers)
+        except BaseException as exc:  # noqa: BLE001 - this request's error, for its caller
+            reply = ("error", pid, _portable(exc))
+        conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    conn.close()
+
+
+def _resolve(table: _DeltaTable, spec: tuple[Any, ...], device: torch.device) -> LowRankDelta:
+    if spec[0] == "ref":
+        return table.touch(spec[1])
+    _, digest, module, A, B = spec
+    return table.touch(digest, LowRankDelta(module, A.to(device), B.to(device)))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else an :class:`EngineUnavailable`-free stand-in with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__} in the engine process: {exc}")
