@@ -52,6 +52,12 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(
         metavar="MS", min=0.0, help="gather concurrent replies this long and decode them as one batch (0: one at a time)")] = 25.0,
     max_batch: Annotated[int, typer.Option(metavar="N", min=2, help="most replies decoded together")] = 8,
+    engine_process: Annotated[bool, typer.Option(
+        "--engine-process/--in-process", help="decode in a process of its own, away from the web server's "
+        "interpreter lock (see the README's 'scaling out')")] = False,
+    engine_cpus: Annotated[Optional[str], typer.Option(
+        metavar="CPUS", help="with --engine-process: pin it to these CPUs ('0-1'); with two or more it decodes on "
+        "the first and prefills joining requests on the others, in a prefill process")] = None,
     max_new_tokens: MaxNewTokensOpt = None, temperature: TemperatureOpt = None,
     home: HomeOpt = None, model: ModelOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
     verbose: VerboseOpt = 0,
@@ -78,9 +84,22 @@ def serve(
         keys.close()
         fail(f"API keys are required on {host} but {s.home} has none: make one with `pllm keys create --admin "
              f"--home {s.home}` (or --user NAME), or serve on 127.0.0.1")
+    if engine_cpus and not engine_process:
+        fail("--engine-cpus goes with --engine-process")
+    if engine_process and batch_window_ms <= 0:
+        fail("--engine-process batches replies: give --batch-window-ms above 0")
     stack = _load_stack(s)
     try:
-        if stack.local is not None:
+        if stack.local is not None and engine_process:
+            try:
+                engine = stack.local.enable_engine_process(batch_window_ms, max_batch, cpus=engine_cpus)
+            except PLLM_ERRORS as exc:
+                fail(exc)
+            cpus = [str(c) for c in engine.cpus or ()]
+            where = (f" on CPU {cpus[0]}, prefills on {', '.join(cpus[1:])}" if engine.split
+                     else f" on CPUs {', '.join(cpus)}" if cpus else "")
+            console.print(f"engine process {engine.pid} decodes{where}")
+        elif stack.local is not None:
             stack.local.enable_batching(batch_window_ms, max_batch)
         app = create_app(stack, keys=keys, require_keys=keys_on)
         served = escape(stack.local.model_id if stack.local else "chat model")

@@ -320,3 +320,40 @@ def test_pllm_serve_command_serves_the_openai_api_with_keys(tmp_path: Path, mode
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_served_through_an_engine_process_the_reply_streams_and_the_turn_is_remembered(
+        tmp_path: Path, model_cache_dir: Path, embedder) -> None:
+    """`pllm serve --engine-process`: the web server's process hands decoding to the engine process; the official
+    client streams a reply for the user and the turn lands in that user's memory."""
+    from openai import OpenAI
+
+    from editing import LocalModel
+
+    home = tmp_path / "home"
+    settings = Settings(home=home, model_cache=model_cache_dir, model_updates=False)
+    stack = build_stack(settings, local=LocalModel.load(settings.runtime_config()), embedder=embedder,
+                        generation=SHORT)
+    try:
+        engine = stack.local.enable_engine_process(window_ms=25, max_batch=4)
+        with Served(create_app(stack), _free_port()) as server:
+            client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+            chunks = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model="pllm", user="eve", stream=True, messages=[{"role": "user", "content": "I live in Oslo."}])
+                if c.choices]
+            assert len([c for c in chunks if c]) > 1
+            assert engine.wait_idle(30) and sum(engine.batch_sizes) >= 1  # it was decoded over there
+            facts = httpx.get(f"{server.url}/v1/users/eve/facts").json()["facts"]
+            assert [f["object"] for f in facts] == ["Oslo"]
+            said = [e.text for e in stack.memory.episodes("eve")]
+            assert "I live in Oslo." in said and "".join(chunks).strip() in said
+    finally:
+        stack.close()
+    assert not engine.alive
+
+
+def test_pllm_serve_refuses_engine_cpus_without_an_engine_process(tmp_path: Path) -> None:
+    env = {**os.environ, "PLLM_HOME": str(tmp_path / "home")}
+    refused = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--engine-cpus", "0"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--engine-cpus goes with --engine-process" in refused.stdout + refused.stderr
