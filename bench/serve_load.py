@@ -86,6 +86,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _proc_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc; 0 without a pid)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--clients", type=int, default=4)
@@ -104,7 +112,15 @@ def main() -> None:
     p.add_argument("--own-lengths", action="store_true", help="let each serial reply end where the model ends it "
                    "(by default it is as long as the client's reply to the same turn)")
     p.add_argument("--model-updates", action="store_true", help="run knowledge edits on the worker meanwhile")
+    p.add_argument("--engine-process", action="store_true", help="decode in an engine process of its own "
+                   "(LocalModel.enable_engine_process) during the concurrent phase")
+    p.add_argument("--engine-cpus", default=None, metavar="CPUS", help="pin the engine process to these CPUs "
+                   "('0', '0-1'); with --engine-process")
+    p.add_argument("--server-cpus", default=None, metavar="CPUS", help="pin the server process to these CPUs during "
+                   "the concurrent phase ('1'); its own affinity is restored for the serial phase")
     args = p.parse_args()
+    if (args.engine_cpus or args.server_cpus) and not args.engine_process:
+        p.error("--engine-cpus and --server-cpus go with --engine-process")
     if args.clients < 1 or args.turns < 1:
         p.error("--clients and --turns must be at least 1")
     if args.duration is not None and not 0 < args.duration < args.timeout_s:
@@ -125,7 +141,20 @@ def main() -> None:
     stack.agent.chat("warmup", "Hello!")  # first-call costs (kernels, the extractor, Chroma) out of both phases
 
     # -------------------------------------------------------------------- concurrent clients over loopback HTTP
-    stack.local.enable_batching(args.window_ms, max_batch=max(2, args.clients))
+    own_cpus = os.sched_getaffinity(0)
+    if args.engine_process:
+        stack.local.enable_engine_process(args.window_ms, max_batch=max(2, args.clients), cpus=args.engine_cpus)
+        if args.server_cpus:
+            from editing.engine import parse_cpus, pin_process
+
+            pin_process(parse_cpus(args.server_cpus) or own_cpus)
+            from editing.compute import COMPUTE
+            import torch
+
+            server_threads = torch.get_num_threads()  # the compute thread's, restored for the serial phase
+            COMPUTE.call(torch.set_num_threads, len(parse_cpus(args.server_cpus) or own_cpus))
+    else:
+        stack.local.enable_batching(args.window_ms, max_batch=max(2, args.clients))
     assert stack.local.batcher is not None
     stack.local.batcher.continuous = not args.no_join
     port = _free_port()
@@ -184,7 +213,8 @@ def main() -> None:
             take(120.0)
         except queue.Empty:
             sys.exit(f"only {len(ready | finished)} of {args.clients} clients started within 120 s")
-    t0, cpu0 = time.monotonic(), time.process_time()
+    engine_pid = getattr(stack.local.batcher, "pid", None)
+    t0, cpu0, engine_cpu0 = time.monotonic(), time.process_time(), _proc_cpu_s(engine_pid)
     deadline = t0 + args.timeout_s
     go.set()
     while len(finished) < args.clients:
@@ -194,6 +224,7 @@ def main() -> None:
             failures.append(f"{args.clients - len(finished)} client(s) still running at the time limit")
             break
     wall, server_cpu = time.monotonic() - t0, time.process_time() - cpu0
+    engine_cpu = None if engine_pid is None else _proc_cpu_s(engine_pid) - engine_cpu0
     for w in workers:
         w.join(timeout=10)
     # CPU the client processes used (they started before t0, but only built an HTTP client then)
@@ -211,7 +242,12 @@ def main() -> None:
     reply_tokens = sum(sum(n) for n in lengths.values())
 
     # -------------------------------------------------------------------- serial baseline: the same turns, one by one
-    stack.local.enable_batching(0)
+    stack.local.enable_batching(0)  # (stops an engine process)
+    if args.server_cpus:
+        from editing.engine import pin_process
+
+        pin_process(sorted(own_cpus))
+        COMPUTE.call(torch.set_num_threads, server_threads)
     serial_turns = [(f"serial{i}", text, n) for i in sorted(completed)
                     for (text, _), n in zip(completed[i], lengths[i], strict=True)]
     serial_tokens = 0
@@ -240,12 +276,16 @@ def main() -> None:
         "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else 0.0, "decode_loops": len(batch_sizes),
         "joined_mid_batch": joined,
         "wall_s": round(wall, 1), "server_cpu_s": round(server_cpu, 1),
+        "engine_cpu_s": None if engine_cpu is None else round(engine_cpu, 1),
         "clients_cpu_s": None if clients_cpu is None else round(clients_cpu.ru_utime + clients_cpu.ru_stime, 1),
         "all_active_s": round(all_active_s, 1), "serial_s": round(serial_s, 1),
         "reply_tokens": reply_tokens, "serial_reply_tokens": serial_tokens,
         "tokens_per_s": round(reply_tokens / wall, 1),
         "serial_tokens_per_s": round(serial_tokens / serial_s, 1) if serial_s else 0.0,
         "clients_in": "threads" if args.client_threads else "processes",
+        "engine": ("process" + (f" on CPUs {args.engine_cpus}" if args.engine_cpus else "")
+                   + (f", server on CPUs {args.server_cpus}" if args.server_cpus else "")) if args.engine_process
+        else "in the server's process",
         "serial_lengths": "own" if args.own_lengths else "same as the clients'",
         "mode": f"duration {args.duration:g} s" if args.duration is not None else f"{args.turns} turns per client",
         "max_new_tokens": args.max_new_tokens, "window_ms": args.window_ms, "dtype": stack.local.plan.describe(),
