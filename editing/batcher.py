@@ -36,7 +36,8 @@ __all__ = ["BatchRequest", "RequestBatcher"]
 RunBatch = Callable[..., list[str]]
 
 # prefill_ahead(prompt (1, T), deltas) -> a future of its prefill, (logits (1, V), cache): see RequestBatcher
-PrefillAhead = Callable[[torch.Tensor, tuple[LowRankDelta, ...]], "Future[Any]"]
+# (None, or a future that resolves to None: not made there after all; the decode loop prefills it itself)
+PrefillAhead = Callable[[torch.Tensor, tuple[LowRankDelta, ...]], "Future[Any] | None"]
 
 _END = object()  # end of a streaming request's pieces
 

@@ -11,15 +11,22 @@ HTTP, the agent graph, memory, the embedder, the update worker and its model —
 deltas and the settings, and reads back each row's text as it is decoded.
 
 ``cpus`` pins the engine to those CPUs (and its torch to as many threads); the serving process may then be kept
-off them (:func:`pin_process`), so neither preempts the other. Without ``cpus`` the OS places both.
+off them (:func:`pin_process`), so neither preempts the other. Without ``cpus`` the OS places both. With two or more
+``cpus`` the engine splits: its decode loop runs on the first with one torch thread, and each request that arrives
+while a batch decodes is prefilled at once by a prefill process of its own on the others (:class:`_PrefillProcess`:
+its own model copy and prefix cache), whose KV comes back through the pipe and joins the batch
+(``RequestBatcher``'s ``prefill_ahead``), so the batch does not stop for a joining prompt. If the prefill process
+dies, the decode loop prefills joining requests itself again.
 
 Protocol (one duplex pipe, pickled tuples, in order):
 
 * parent → engine: ``("req", rid, token_ids, delta_specs, settings)``, ``("idle", qid, timeout)``,
   ``("continuous", bool)``, ``("close",)``;
-* engine → parent: ``("ready", model_id, placement)`` or ``("failed", message)`` once at start, then
+* engine → parent: ``("ready", model_id, placement, prefill_pid)`` or ``("failed", message)`` once at start, then
   ``("piece", rid, text)``, ``("end", rid)``, ``("error", rid, exception)``, ``("idle", qid, ok, batch_sizes,
-  joined)``.
+  joined)``;
+* engine → prefill process: ``("prefill", pid, token_ids, delta_specs)``, ``("close",)``; back: ``("ready",)`` or
+  ``("failed", message)``, then ``("done", pid, logits, [(keys, values) per layer])`` or ``("error", pid, exception)``.
 
 A delta travels once: both sides keep the same most-recently-used table of deltas by content digest (updated in
 the pipe's order), so later requests name it by digest, and the engine hands the batcher the same tensors each
@@ -39,7 +46,7 @@ import queue
 import threading
 import weakref
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -216,7 +223,8 @@ class EngineClient:
         if first[0] != "ready":
             self._stop_process()
             raise EngineUnavailable(f"the engine process could not start: {first[1]}")
-        self.model_id, self.placement = first[1], first[2]
+        self.model_id, self.placement, self.prefill_pid = first[1], first[2], first[3]
+        self.split = self.prefill_pid is not None  # (an engine on an accelerator does not split)
         self._reader = threading.Thread(target=self._read, name="pllm-engine-reader", daemon=True)
         self._reader.start()
         log.info("engine process %d serves %s on %s%s", self._proc.pid, self.model_id, self.placement,
@@ -376,7 +384,7 @@ def _engine_main(conn: "Connection", config: "RuntimeConfig", window_ms: float, 
 
     if cpus:
         os.sched_setaffinity(0, set(cpus))  # before torch starts its threads: they inherit it
-        if split:  # one torch thread each: the decode loop's and the prefill thread's
+        if split:  # one torch thread each: the decode loop's here and the prefill process's
             config = dataclasses.replace(config, threads=1)
         elif config.threads is None:
             config = dataclasses.replace(config, threads=len(cpus))
@@ -395,11 +403,15 @@ def _engine_main(conn: "Connection", config: "RuntimeConfig", window_ms: float, 
 
         local = LocalModel.load(dataclasses.replace(config, batch_window_ms=0.0))
         ahead = None
+        if split and local.plan.device.type != "cpu":
+            log.info("the engine decodes on %s: no prefill process (the split is for CPU decoding)", local.plan.device)
+            split = False
         if split:
             from editing.compute import COMPUTE
 
             assert cpus is not None and len(cpus) >= 2
-            COMPUTE.call(_pin_thread, cpus[:1])  # the decode loop runs on the compute thread
+            COMPUTE.call(_pin_thread, cpus[:1])  # the decode loop runs on the compute thread, alone on its CPU:
+            os.sched_setaffinity(0, set(cpus[1:]))  # this thread, and those it starts (pipe, rows), on the others
             ahead = _PrefillProcess(config, cpus[1:])
         local.enable_batching(window_ms, max_batch, prefill_ahead=ahead)
     except BaseException as exc:  # noqa: BLE001 - told to the parent, which raises it
@@ -407,7 +419,7 @@ def _engine_main(conn: "Connection", config: "RuntimeConfig", window_ms: float, 
         return
     batcher = local.batcher
     assert batcher is not None
-    send(("ready", local.model_id, local.plan.describe()))
+    send(("ready", local.model_id, local.plan.describe(), ahead.pid if ahead is not None else None))
     table = _DeltaTable()
     device = local.plan.device
 
@@ -489,31 +501,47 @@ class _PrefillProcess:
         self._dead: str | None = None
         threading.Thread(target=self._read, name="pllm-prefill-reader", daemon=True).start()
 
-    def __call__(self, input_ids: torch.Tensor, deltas: tuple[LowRankDelta, ...]) -> "Future[Any]":
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def __call__(self, input_ids: torch.Tensor, deltas: tuple[LowRankDelta, ...]) -> "Future[Any] | None":
+        """A future of the prompt's ``(logits, cache)``; None once the prefill process is gone (the decode loop
+        then prefills it itself, as without one). A prefill in flight when it goes resolves to None as well."""
         future: Future[Any] = Future()
         pid = next(self._ids)
-        self._futures[pid] = future
-        try:
-            with self._lock:
-                if self._dead is not None:
-                    raise EngineUnavailable(self._dead)
+        with self._lock:
+            if self._dead is not None:
+                return None
+            self._futures[pid] = future
+            try:
                 message = ("prefill", pid, input_ids.reshape(-1).tolist(), self._deltas.specs(deltas))
                 self._conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-        except BaseException as exc:  # noqa: BLE001 - the request hears of it through its future
-            self._futures.pop(pid, None)
-            future.set_exception(exc if isinstance(exc, EngineUnavailable)
-                                 else EngineUnavailable(f"the prefill process is gone ({exc})"))
+            except (OSError, ValueError):
+                self._futures.pop(pid, None)
+                self._gone()
+                return None
         return future
+
+    def _gone(self) -> None:
+        if self._dead is None:
+            self._dead = "the prefill process exited"
+            log.warning("%s (exit code %s): joining requests are prefilled by the decode loop from now on",
+                        self._dead, self._proc.exitcode)
+        for future in list(self._futures.values()):
+            try:
+                future.set_result(None)
+            except InvalidStateError:  # its reply came in meanwhile
+                pass
+        self._futures.clear()
 
     def _read(self) -> None:
         while True:
             try:
                 message = pickle.loads(self._conn.recv_bytes())
             except (EOFError, OSError):
-                self._dead = "the prefill process exited; restart the server"
-                for future in list(self._futures.values()):
-                    future.set_exception(EngineUnavailable(self._dead))
-                self._futures.clear()
+                with self._lock:
+                    self._gone()
                 return
             future = self._futures.pop(message[1], None)
             if future is None:

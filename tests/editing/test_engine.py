@@ -95,6 +95,7 @@ def test_a_refused_request_carries_the_engines_message_and_the_engine_goes_on(mo
 TWO_CPUS = sorted(os.sched_getaffinity(0))[:2]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(TWO_CPUS) < 2, reason="decoding on one CPU and prefilling on another needs two CPUs")
 def test_split_engine_prefills_joining_requests_elsewhere_and_their_replies_are_unchanged(model_cache_dir) -> None:
     """Two CPUs: the engine decodes on the first and prefills the requests that join a running batch in a prefill
@@ -105,24 +106,33 @@ def test_split_engine_prefills_joining_requests_elsewhere_and_their_replies_are_
     same = GenerationSettings(max_new_tokens=32)  # one settings group: requests may join a running batch
     want = [_in_process(local, m, v, same) for m, v in asks]
     engine = local.enable_engine_process(window_ms=25, max_batch=8, cpus=TWO_CPUS)
-    try:
-        assert engine.split
+
+    def join_a_running_batch() -> list[str | None]:
+        """One request starts a batch; half a second later the others arrive (and join it); their replies."""
         got: list[str | None] = [None] * len(asks)
-        first = threading.Thread(target=lambda: local.generate(ASKS[1], same))  # a batch that runs meanwhile
-        first.start()
-        threading.Event().wait(0.5)
 
         def ask(i: int) -> None:
             got[i] = "".join(local.stream(asks[i][0], same, view=asks[i][1]))
 
+        first = threading.Thread(target=lambda: local.generate(ASKS[1], same))
+        first.start()
+        threading.Event().wait(0.5)
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
         for t in threads:
             t.start()
-        for t in threads:
+        for t in [*threads, first]:
             t.join(120)
-        first.join(120)
-        assert got == want
+        return got
+
+    try:
+        assert engine.split
+        assert join_a_running_batch() == want
         assert engine.wait_idle(30) and engine.joined >= 1  # some joined the running batch with a ready prefill
+
+        # the prefill process dies: joining requests are prefilled by the decode loop again, replies unchanged
+        os.kill(engine.prefill_pid, signal.SIGKILL)
+        threading.Event().wait(1.0)
+        assert join_a_running_batch() == want and engine.alive
     finally:
         local.close()
 
