@@ -199,30 +199,13 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._deltas = _DeltaSender()
         self._dead: str | None = None
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch's threads
-        self._conn, child = ctx.Pipe(duplex=True)
         # Not a daemon: the engine starts a prefill process of its own. It still ends with this process: it
         # stops when its pipe closes, and close() runs at exit (before multiprocessing joins its children).
-        self._proc = ctx.Process(target=_engine_main, name="pllm-engine", daemon=False,
-                                 args=(child, config, window_ms, max_batch, self.cpus, self.split))
-        self._proc.start()
-        child.close()
+        self._conn, self._proc, first = _spawn(_engine_main, (config, window_ms, max_batch, self.cpus, self.split),
+                                               name="pllm-engine", daemon=False, timeout_s=start_timeout_s,
+                                               what="engine process")
         me = weakref.ref(self)
         atexit.register(lambda: (lambda engine: engine.close() if engine is not None else None)(me()))
-        try:
-            if not self._conn.poll(start_timeout_s):
-                raise EngineUnavailable(f"the engine process did not load the model within {start_timeout_s:.0f} s")
-            first = pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as exc:
-            self._stop_process()
-            raise EngineUnavailable(f"the engine process exited while starting (exit code {self._proc.exitcode}); "
-                                    "run with -v to see its log") from exc
-        except BaseException:
-            self._stop_process()
-            raise
-        if first[0] != "ready":
-            self._stop_process()
-            raise EngineUnavailable(f"the engine process could not start: {first[1]}")
         self.model_id, self.placement, self.prefill_pid = first[1], first[2], first[3]
         self.split = self.prefill_pid is not None  # (an engine on an accelerator does not split)
         self._reader = threading.Thread(target=self._read, name="pllm-engine-reader", daemon=True)
@@ -352,7 +335,7 @@ class EngineClient:
             except EngineUnavailable:
                 pass
         self._proc.join(timeout_s)
-        self._stop_process()
+        _stop(self._proc)
         if self._dead is None:
             self._dead = "the engine process was closed"
         try:
@@ -360,13 +343,43 @@ class EngineClient:
         except OSError:
             pass
 
-    def _stop_process(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(10)
-        if self._proc.is_alive():  # pragma: no cover - a process that ignores SIGTERM
-            self._proc.kill()
-            self._proc.join(10)
+
+
+def _spawn(target: Any, args: tuple[Any, ...], *, name: str, daemon: bool, timeout_s: float,
+           what: str) -> tuple["Connection", Any, tuple[Any, ...]]:
+    """Start ``target(pipe end, *args)`` in a spawned process (never fork a process that holds torch's threads)
+    and wait for its first message, ``("ready", ...)``; (our pipe end, the process, that message). A process that
+    fails, dies or takes too long is stopped, and :class:`EngineUnavailable` says which."""
+    ctx = multiprocessing.get_context("spawn")
+    conn, child = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=target, name=name, daemon=daemon, args=(child, *args))
+    proc.start()
+    child.close()
+    try:
+        if not conn.poll(timeout_s):
+            raise EngineUnavailable(f"the {what} did not load the model within {timeout_s:.0f} s")
+        first = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError) as exc:
+        _stop(proc)
+        raise EngineUnavailable(f"the {what} exited while starting (exit code {proc.exitcode}); run with -v to "
+                                "see its log") from exc
+    except BaseException:
+        _stop(proc)
+        raise
+    if first[0] != "ready":
+        _stop(proc)
+        raise EngineUnavailable(f"the {what} could not start: {first[1]}")
+    return conn, proc, first
+
+
+def _stop(proc: Any) -> None:
+    """Stop ``proc`` if it still runs (SIGTERM, then SIGKILL)."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
+    if proc.is_alive():  # pragma: no cover - a process that ignores SIGTERM
+        proc.kill()
+        proc.join(10)
 
 
 # ---------------------------------------------------------------------------------------------- the engine side
@@ -481,19 +494,8 @@ class _PrefillProcess:
     CPUs, so a prefill neither waits for nor stalls the decode loop), their KV sent back to join the batch."""
 
     def __init__(self, config: "RuntimeConfig", cpus: Sequence[int], start_timeout_s: float = 600.0) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_prefill_main, name="pllm-prefill", daemon=True,
-                                 args=(child, config, tuple(cpus)))
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(start_timeout_s):
-            self._proc.terminate()
-            raise EngineUnavailable(f"the prefill process did not load the model within {start_timeout_s:.0f} s")
-        first = pickle.loads(self._conn.recv_bytes())
-        if first[0] != "ready":
-            self._proc.join(10)
-            raise EngineUnavailable(f"the prefill process could not start: {first[1]}")
+        self._conn, self._proc, _ = _spawn(_prefill_main, (config, tuple(cpus)), name="pllm-prefill", daemon=True,
+                                           timeout_s=start_timeout_s, what="prefill process")
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._futures: dict[int, Future[Any]] = {}
@@ -558,9 +560,7 @@ class _PrefillProcess:
         except (OSError, ValueError):
             pass
         self._proc.join(30)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(10)
+        _stop(self._proc)
 
 
 def _prefill_main(conn: "Connection", config: "RuntimeConfig", cpus: tuple[int, ...]) -> None:
