@@ -22,9 +22,7 @@ bf16 a batched reply may differ from the solo one (both are the model's greedy r
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -99,8 +97,7 @@ class BatchDecoder:
     """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", *,
-                 fast_path: bool = True, prefix_cache: "PrefixCache | None" = None,
-                 forward_lock: "threading.Lock | None" = None) -> None:
+                 fast_path: bool = True, prefix_cache: "PrefixCache | None" = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.solo = Decoder(model, tokenizer, fast_path=fast_path)  # path choice and token choice are shared
@@ -108,10 +105,6 @@ class BatchDecoder:
         self.last_path: str | None = None
         self.last_token_ids: list[list[int]] = []
         self.joined = 0  # rows that joined a running batch (continuous batching), over this decoder's life
-        # Held around every forward through the model's modules (prefills, the general step): their per-row hooks
-        # are module-global, and another thread may prefill a joining prompt meanwhile (prefill_one). The fast step
-        # reads the weights directly and needs no lock.
-        self.forward_lock = forward_lock or contextlib.nullcontext()
 
     def _pad_id(self) -> int:
         if self.tokenizer.pad_token_id is not None:
@@ -132,12 +125,6 @@ class BatchDecoder:
                  model_kwargs: dict[str, Any],
                  rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
         """One forward over the padded batch → (last position's logits (batch, V), the filled cache)."""
-        with self.forward_lock:
-            return self._prefill_locked(input_ids, pads, stacks, model_kwargs, rows)
-
-    def _prefill_locked(self, input_ids: torch.Tensor, pads: torch.Tensor, stacks: dict[str, Any],
-                        model_kwargs: dict[str, Any],
-                        rows: Sequence[tuple[LowRankDelta, ...]] = ()) -> tuple[torch.Tensor, Any]:
         from transformers import DynamicCache
 
         if self.prefix_cache is not None and input_ids.shape[0] == 1 and not model_kwargs:
@@ -155,8 +142,10 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def prefill_one(self, input_ids: torch.Tensor, deltas: Sequence[LowRankDelta] = ()) -> tuple[torch.Tensor, Any]:
-        """One prompt's prefill, made ahead of its joining a running batch (on any thread): ``(logits (1, V),
-        cache)``, to hand back as the third item of its ``admit`` entry. Uses the prefix cache like a solo prefill."""
+        """One prompt's prefill, made ahead of its joining a running batch: ``(logits (1, V), cache)``, to hand back
+        as the third item of its ``admit`` entry. Uses the prefix cache like a solo prefill. Made on another copy of
+        the model (the engine's prefill process): the per-row delta hooks of a prefill are module-global, so two
+        threads must not run forwards through one model at once."""
         rows = _check_batch([input_ids], [deltas])
         ids = self._on_model([input_ids])[0]
         pads = torch.zeros((1, 1), dtype=torch.long, device=ids.device)
@@ -255,11 +244,7 @@ class BatchDecoder:
                     column -= step.compact(column)  # the rows that left may have held the cache's left part
             if keep:
                 token = torch.tensor(tokens, dtype=input_ids.dtype, device=device).unsqueeze(1)  # (rows left, 1)
-                if isinstance(step, _LlamaStep):
-                    logits = step(token, column)
-                else:
-                    with self.forward_lock:  # the general step runs the modules (and their hooks)
-                        logits = step(token, column)
+                logits = step(token, column)
                 column += 1
             joining = list(admit(len(active))) if can_join else []  # type: ignore[misc]
             if not keep and not joining:
@@ -316,7 +301,7 @@ def decode_batch(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
                  settings: GenerationSettings, deltas_per_row: Sequence[Sequence[LowRankDelta]] | None = None, *,
                  on_piece: Callable[[int, str], None] | None = None, on_done: Callable[[int, str], None] | None = None,
                  admit: Admit | None = None, prefix_cache: "PrefixCache | None" = None,
-                 forward_lock: "threading.Lock | None" = None, **model_kwargs: Any) -> list[str]:
+                 **model_kwargs: Any) -> list[str]:
     """The reply to each prompt in one decode loop, each row with its own deltas; see :class:`BatchDecoder`."""
-    return BatchDecoder(model, tokenizer, prefix_cache=prefix_cache, forward_lock=forward_lock).run(
+    return BatchDecoder(model, tokenizer, prefix_cache=prefix_cache).run(
         prompts, settings, deltas_per_row, on_piece=on_piece, on_done=on_done, admit=admit, **model_kwargs)

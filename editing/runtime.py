@@ -125,9 +125,6 @@ class LocalModel:
         self.plan = plan
         self.source = source
         self.lock = threading.RLock()
-        # Held around forwards through the model's modules (whose per-row delta hooks are module-global) wherever
-        # they may meet a prefill made ahead on another thread (enable_batching's prefill_ahead).
-        self.forward_lock = threading.RLock()
         self.guard = SpecialTokenGuard(tokenizer)
         self.batcher: RequestBatcher | EngineClient | None = None
         self.config: RuntimeConfig | None = None  # what load() loaded it with (an engine process loads the same)
@@ -140,8 +137,8 @@ class LocalModel:
         (``window_ms=0``: off, one request at a time). Calls with extra model kwargs are never batched.
         An engine process started by :meth:`enable_engine_process` is stopped first.
 
-        ``prefill_ahead(input_ids, deltas)``: a future of the prompt's prefill made elsewhere (the engine process
-        hands it to a prefill process of its own), for each request that arrives while a batch decodes: the
+        ``prefill_ahead(input_ids, deltas)``: a future of the prompt's prefill made on another copy of the model
+        (the engine process hands it to a prefill process of its own), for each request that arrives while a batch decodes: the
         batch's rows go on decoding meanwhile and the request joins with its cache ready (see
         :meth:`editing.batch_decode.BatchDecoder.prefill_one`). None: the decode loop prefills it between two
         steps."""
@@ -255,7 +252,7 @@ class LocalModel:
 
     def _decode_here(self, input_ids: torch.Tensor, settings: GenerationSettings, deltas: tuple,
                      model_kwargs: dict[str, Any]) -> Iterator[str]:
-        with self.lock, self.forward_lock:  # hooks are module-global: one request at a time, only its deltas
+        with self.lock:  # hooks are module-global: one request at a time, and only this one's deltas
             yield from decode_stream(self.model, self.tokenizer, input_ids, settings, deltas,
                                      prefix_cache=self.prefix_cache, **model_kwargs)
 
@@ -265,7 +262,7 @@ class LocalModel:
         from editing.alignment.mod import fused_stream
 
         def run() -> Iterator[str]:
-            with self.lock, self.forward_lock:
+            with self.lock:
                 yield from fused_stream(self.model, self.tokenizer, input_ids, view.fusion, settings, view.deltas)
 
         return COMPUTE.iterate(run)
@@ -308,7 +305,7 @@ class LocalModel:
             with self.lock:  # the batch is one request as far as the model is concerned
                 return decode_batch(self.model, self.tokenizer, prompts, settings, deltas_per_row,
                                     on_piece=on_piece, on_done=on_done, admit=between_steps,
-                                    prefix_cache=self.prefix_cache, forward_lock=self.forward_lock)
+                                    prefix_cache=self.prefix_cache)
 
         return COMPUTE.call(run)
 
@@ -332,7 +329,7 @@ class LocalModel:
             mixes = [view.fusion if view is not None else () for _, view in requests]
 
             def run() -> list[str]:
-                with self.lock, self.forward_lock:
+                with self.lock:
                     return fused_decode(self.model, self.tokenizer, prompts, mixes, settings, deltas)
 
             return COMPUTE.call(run)
