@@ -145,14 +145,15 @@ def main() -> None:
     if args.engine_process:
         stack.local.enable_engine_process(args.window_ms, max_batch=max(2, args.clients), cpus=args.engine_cpus)
         if args.server_cpus:
-            from editing.engine import parse_cpus, pin_process
-
-            pin_process(parse_cpus(args.server_cpus) or own_cpus)
-            from editing.compute import COMPUTE
             import torch
 
+            from editing.compute import COMPUTE
+            from editing.engine import parse_cpus, pin_process
+
+            server_cpus = parse_cpus(args.server_cpus) or sorted(own_cpus)
+            pin_process(server_cpus)
             server_threads = torch.get_num_threads()  # the compute thread's, restored for the serial phase
-            COMPUTE.call(torch.set_num_threads, len(parse_cpus(args.server_cpus) or own_cpus))
+            COMPUTE.call(torch.set_num_threads, len(server_cpus))
     else:
         stack.local.enable_batching(args.window_ms, max_batch=max(2, args.clients))
     assert stack.local.batcher is not None
@@ -244,8 +245,6 @@ def main() -> None:
     # -------------------------------------------------------------------- serial baseline: the same turns, one by one
     stack.local.enable_batching(0)  # (stops an engine process)
     if args.server_cpus:
-        from editing.engine import pin_process
-
         pin_process(sorted(own_cpus))
         COMPUTE.call(torch.set_num_threads, server_threads)
     serial_turns = [(f"serial{i}", text, n) for i in sorted(completed)
