@@ -62,6 +62,8 @@ from memory.ranking import IntentRanking, RankingWeights
 from memory.records import Episode, Fact
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from memory.graph import KnowledgeGraph
     from memory.stores import EpisodicStore, Hit, MemoryItem, SemanticStore
 
@@ -417,10 +419,11 @@ class HybridRetriever:
         k_summaries: int | None = None,
         include_superseded: bool = False,
         as_of: datetime | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> Recollection:
         """The user's profile and the ``k_facts`` facts, ``k_episodes`` episodes and ``k_summaries``
         session summaries most relevant to ``query`` (``None`` → the config's ``fact_k``/``recall_k``/
-        ``summary_k``; 0 skips that kind)."""
+        ``summary_k``; 0 skips that kind). ``query_vector``: the query's embedding, when the caller has it."""
         k_episodes = self._config.recall_k if k_episodes is None else k_episodes
         k_facts = self._config.fact_k if k_facts is None else k_facts
         k_summaries = self._config.summary_k if k_summaries is None else k_summaries
@@ -429,7 +432,7 @@ class HybridRetriever:
         now = as_of or self._clock.now()
         self.refresh(user_id)
         self.ensure_loaded(user_id)
-        vector = self._embedder.embed([query])[0]  # (dim,)
+        vector = self._embedder.embed([query])[0] if query_vector is None else query_vector  # (dim,)
         intent = classify_query(query, now)
 
         every = self._graph.facts(user_id, as_of=as_of, include_superseded=True)

@@ -32,11 +32,14 @@ import shutil
 import sqlite3
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from memory.clock import Clock, SystemClock, to_utc
 from memory.config import MemoryConfig
@@ -157,6 +160,7 @@ class Memory:
         self._journal = None if self.read_only else Journal(config.home / "journal.sqlite", busy_timeout_s=timeout)
         self._write_lock = threading.RLock()
         self._recalls = _RecallBuffer()
+        self._asked = _QueryVectors()  # recall's query vectors, reused when remember stores the same message
         self._reply_scores: dict[str, dict[str, float]] = {}  # reply text → its style scores (memory.preferences)
         self.bm25 = BM25Index()
         self.drift = DriftMonitor(self.clock)  # per process by design: style statistics are never persisted
@@ -212,8 +216,9 @@ class Memory:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(str(exc)) from exc
         candidates = self.extractor.extract(text, role=role) if role == "user" else []
+        asked = self._asked.take(user_id, text) if role == "user" else None
         with self._write_lock:
-            events, version = self._commit_turn(episode, candidates)
+            events, version = self._commit_turn(episode, candidates, asked)
         self.retriever.advance(user_id, *version)
         self.flush_recalls(user_id)
         self.retriever.index([episode])
@@ -222,9 +227,11 @@ class Memory:
         self._enforce_cap(user_id)
         return Remembered(episode=episode, events=tuple(events))
 
-    def _commit_turn(self, episode: Episode, candidates: Sequence[Any]) -> tuple[list[ChangeEvent], tuple[int, int]]:
+    def _commit_turn(self, episode: Episode, candidates: Sequence[Any], asked: "np.ndarray | None" = None,
+                     ) -> tuple[list[ChangeEvent], tuple[int, int]]:
         """One ``BEGIN IMMEDIATE`` transaction: the episode row, the graph events (planned against the log
-        as this transaction sees it) and the user's write stamp, around the Chroma writes."""
+        as this transaction sees it) and the user's write stamp, around the Chroma writes. ``asked``: the
+        episode's vector when :meth:`recall` already embedded the same text as its query."""
         intent: Intent | None = None
         journal = self._journal
         assert journal is not None  # writable
@@ -236,8 +243,14 @@ class Memory:
                 version = self._versions.bump(conn, episode.user_id)
                 items, superseded = semantic_changes(events)
                 # One forward pass for the turn and its new facts: (1 + len(items), dim). Embedding dominates a
-                # turn's cost, and a second call for the facts nearly doubled it.
-                vectors = self.embedder.embed([episode.text] + [i.text for i in items])
+                # turn's cost, and a second call for the facts nearly doubled it. A message the agent recalled
+                # for is not embedded again: its query vector is the episode's.
+                if asked is None:
+                    vectors = self.embedder.embed([episode.text] + [i.text for i in items])
+                elif items:
+                    vectors = np.concatenate([asked[None], self.embedder.embed([i.text for i in items])])
+                else:
+                    vectors = asked[None]
                 intent = Intent(episode.id, episode.user_id, (episode.id,), tuple(i.id for i in items), tuple(superseded),
                                 self._owner.id if self._owner else None)
                 journal.begin(intent)
@@ -302,9 +315,12 @@ class Memory:
         """What a prompt needs for ``query``: the profile, relevant facts/preferences and episodes."""
         user_id = check_user_id(user_id)
         query = clean_text(query, name="query")
+        vector = self.embedder.embed([query])[0]
         rec = self.retriever.retrieve(user_id, query, k_episodes=k or self.config.recall_k,
                                       k_facts=k_facts or self.config.fact_k,
-                                      include_superseded=include_superseded, as_of=as_of)
+                                      include_superseded=include_superseded, as_of=as_of, query_vector=vector)
+        # The agent recalls for the user's message, then remembers that message: its vector is kept for that.
+        self._asked.put(user_id, query, vector)
         # Each recall makes a memory more stable (the forgetting curve flattens with rehearsal); the write
         # is deferred (see the module docstring): a Chroma write cost 25-70 ms of each recall. A read-only
         # Memory only looks: its recalls are not rehearsals of the writer's memory.
@@ -594,6 +610,27 @@ def _segment_dirs(client: Any, collection_ids: Sequence[str]) -> list[Path]:
         return []
     folders = [path / str(r[0]) for r in rows]
     return [f for f in folders if f.parent == path and _UUID_RE.fullmatch(f.name)]
+
+
+class _QueryVectors:
+    """The latest recall queries' vectors, per ``(user, text)`` and at most ``size`` of them (oldest dropped): a
+    message that :meth:`Memory.recall` embedded as its query is not embedded again when it is remembered."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._lock = threading.Lock()
+        self._size = size
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def put(self, user_id: str, text: str, vector: np.ndarray) -> None:
+        with self._lock:
+            self._vectors[(user_id, text)] = vector
+            self._vectors.move_to_end((user_id, text))
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+
+    def take(self, user_id: str, text: str) -> np.ndarray | None:
+        with self._lock:
+            return self._vectors.pop((user_id, text), None)
 
 
 class _RecallBuffer:

@@ -500,3 +500,45 @@ def test_the_cap_evicts_weak_episodes_but_keeps_facts_summaries_and_recalled_tur
 def assert_consistent_after_cap(mem: Memory, user: str) -> None:
     """After eviction Chroma holds exactly the SQLite episodes still marked as indexed."""
     assert set(mem.episodic.ids(user)) == mem.parts.episodes.indexed_ids(user)
+
+
+# ------------------------------------------------------------------------------- embedding a turn once
+
+
+class _Counting:
+    """The real embedder, with the texts it was asked to embed written down."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.dim, self.name, self.texts = inner, inner.dim, inner.name, []
+
+    def embed(self, texts: Any) -> Any:
+        self.texts.extend(texts)
+        return self.inner.embed(texts)
+
+
+def test_a_message_recalled_for_is_embedded_once_and_stored_with_that_vector(tmp_path: Path, embedder) -> None:
+    counting = _Counting(embedder)
+    with Memory(MemoryConfig(home=tmp_path / "home"), embedder=counting, clock=ManualClock(T0)) as mem:
+        user, said = uid("once"), "I live in Quillborough and I work as a baker."
+        mem.remember(user, "My dog is called Pip.")
+        mem.recall(user, said)  # the agent's turn: recall for the message, reply, then remember it
+        mem.remember(user, said)
+        assert counting.texts.count(said) == 1, counting.texts
+        # the new facts were still embedded, and the episode is found by its own text
+        assert any("Quillborough" in t for t in counting.texts if t != said)
+        hits = mem.recall(user, said).episodes
+        assert hits and hits[0].text == said and "dense" in hits[0].sources
+        assert {"Quillborough"} <= objects(mem.recall(user, "Where do I live?").facts, "lives_in")
+        # a message remembered without a recall for it is embedded as before, and a vector serves one turn only
+        mem.recall(user, "I bake bread.")
+        mem.remember(user, "I bake bread.")
+        counting.texts.clear()
+        mem.remember(user, "I bake bread.")
+        mem.remember(user, "I have a cat.")
+        assert counting.texts.count("I bake bread.") == 1 and "I have a cat." in counting.texts
+        # another user's identical message gets no vector recalled for someone else
+        other = uid("other")
+        mem.recall(user, "Hello there.")
+        counting.texts.clear()
+        mem.remember(other, "Hello there.")
+        assert counting.texts == ["Hello there."]
