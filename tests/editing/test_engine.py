@@ -128,6 +128,7 @@ def test_split_engine_prefills_joining_requests_elsewhere_and_their_replies_are_
         assert engine.split
         assert join_a_running_batch() == want
         assert engine.wait_idle(30) and engine.joined >= 1  # some joined the running batch with a ready prefill
+        assert engine.kv_transfers.get("shared", 0) >= 1  # their KV came back through shared memory
 
         # the prefill process dies: joining requests are prefilled by the decode loop again, replies unchanged
         os.kill(engine.prefill_pid, signal.SIGKILL)
@@ -135,6 +136,51 @@ def test_split_engine_prefills_joining_requests_elsewhere_and_their_replies_are_
         assert join_a_running_batch() == want and engine.alive
     finally:
         local.close()
+
+
+def test_a_prefill_made_in_the_prefill_process_comes_back_the_same_through_shared_memory_or_the_pipe(
+        model: LocalModel, model_cache_dir: Path) -> None:
+    """The prefill process's KV and logits equal this process's own prefill of the prompt (to float noise: it runs
+    on another number of threads), whether they came back in a shared-memory slot (the prompt fits, a slot is
+    free) or pickled through the pipe (too long, or no slot free); the slots' file has no name left once both
+    processes mapped it."""
+    from editing.batch_decode import BatchDecoder
+    from editing.engine import _KvSlots, _PrefillProcess
+
+    full = _KvSlots.for_model(model.model, 2)
+    assert full is not None
+    slots = _KvSlots((2, *full.shape[1:4], 48, full.shape[5]), full.dtype)  # prompts up to 48 tokens fit
+    full.unlink()
+    short, long = model.encode_chat(ASKS[0]), model.encode_chat([{"role": "user", "content": "Tell me a story "
+                                                                  "about a lighthouse keeper and a storm " * 3}])
+    assert short.shape[1] <= 48 < long.shape[1]
+    view = _view(model, 3)
+    decoder = BatchDecoder(model.model, model.tokenizer)
+    ahead = _PrefillProcess(RuntimeConfig(cache_dir=model_cache_dir), sorted(os.sched_getaffinity(0))[-1:],
+                            slots=slots)
+    try:
+        assert not os.path.exists(slots.path)
+
+        def same(got: tuple, ids: torch.Tensor, deltas=()) -> None:
+            logits, cache = decoder.prefill_one(ids, deltas)
+            torch.testing.assert_close(got[0], logits, rtol=1e-3, atol=1e-3)
+            assert len(got[1].layers) == len(cache.layers)
+            for mine, theirs in zip(got[1].layers, cache.layers):
+                torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-3, atol=1e-3)
+                torch.testing.assert_close(mine.values, theirs.values, rtol=1e-3, atol=1e-3)
+
+        same(ahead(short, ()).result(120), short)
+        assert ahead.transfers == {"shared": 1, "pickled": 0}
+        same(ahead(long, ()).result(120), long)
+        same(ahead(short, view.deltas).result(120), short, view.deltas)
+        assert ahead.transfers == {"shared": 2, "pickled": 1}
+        # three in flight, two slots: the third comes through the pipe; every slot is free again afterwards
+        futures = [ahead(short, view.deltas if i == 1 else ()) for i in range(3)]
+        for i, future in enumerate(futures):
+            same(future.result(120), short, view.deltas if i == 1 else ())
+        assert ahead.transfers == {"shared": 4, "pickled": 2} and sorted(ahead._free) == [0, 1]
+    finally:
+        ahead.close()
 
 
 def test_an_engine_that_cannot_load_its_model_says_why(tmp_path: Path) -> None:
