@@ -508,16 +508,23 @@ class _KvSlots:
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, path: str | None = None) -> None:
         self.shape, self.dtype = shape, dtype
+        made = path is None
         if path is None:
             folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
             fd, path = tempfile.mkstemp(prefix="pllm-kv-", dir=folder)
             os.close(fd)
         self.path = path
-        self.tensor = torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+        try:
+            self.tensor = torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+        except BaseException:
+            if made:
+                self.unlink()
+            raise
 
     @classmethod
     def for_model(cls, model: Any, slots: int) -> "_KvSlots | None":
-        """Slots for ``model``'s KV (None for a model whose config does not say its attention shape)."""
+        """Slots for ``model``'s KV; None (every KV then comes back pickled) for a model whose config does not say
+        its attention shape, or when the file cannot be made."""
         c = getattr(model, "config", None)
         try:
             heads = c.num_attention_heads
@@ -526,7 +533,11 @@ class _KvSlots:
                      getattr(c, "head_dim", None) or c.hidden_size // heads)
         except (AttributeError, TypeError):
             return None
-        return cls(shape, model.dtype)
+        try:
+            return cls(shape, model.dtype)
+        except (OSError, RuntimeError) as exc:
+            log.warning("no shared memory for the prefills' KV (%s): it comes back pickled through the pipe", exc)
+            return None
 
     @property
     def slots(self) -> int:

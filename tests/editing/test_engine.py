@@ -183,6 +183,30 @@ def test_a_prefill_made_in_the_prefill_process_comes_back_the_same_through_share
         ahead.close()
 
 
+def test_without_shared_memory_the_kv_comes_back_through_the_pipe(model: LocalModel, monkeypatch, caplog) -> None:
+    """No slots when the file cannot be made (a warning says so, and no file is left) or the model's config does
+    not give its attention shape: the prefill process then pickles every KV (tested above)."""
+    from editing import engine as engine_module
+
+    made: list[str] = []
+    real_mkstemp = engine_module.tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        made.append(path)
+        return fd, path
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unable to mmap the shared memory file")
+
+    monkeypatch.setattr(engine_module.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(engine_module.torch, "from_file", refuse)
+    with caplog.at_level("WARNING", logger="editing.engine"):
+        assert engine_module._KvSlots.for_model(model.model, 2) is None
+    assert "pickled through the pipe" in caplog.text and made and not os.path.exists(made[0])
+    assert engine_module._KvSlots.for_model(object(), 2) is None
+
+
 def test_an_engine_that_cannot_load_its_model_says_why(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="could not start: ModelNotFound: no GGUF file"):
         EngineClient(RuntimeConfig(model=str(tmp_path / "missing.gguf"), cache_dir=tmp_path))
