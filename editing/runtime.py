@@ -138,8 +138,8 @@ class LocalModel:
         An engine process started by :meth:`enable_engine_process` is stopped first.
 
         ``prefill_ahead(input_ids, deltas)``: a future of the prompt's prefill made on another copy of the model
-        (the engine process hands it to a prefill process of its own), for each request that arrives while a batch decodes: the
-        batch's rows go on decoding meanwhile and the request joins with its cache ready (see
+        (the engine process hands it to a prefill process of its own), for each request that arrives while a batch
+        decodes: the batch's rows go on decoding meanwhile and the request joins with its cache ready (see
         :meth:`editing.batch_decode.BatchDecoder.prefill_one`). None: the decode loop prefills it between two
         steps."""
         self._close_engine()
