@@ -355,7 +355,6 @@ class EngineClient:
             pass
 
 
-
 def _spawn(target: Any, args: tuple[Any, ...], *, name: str, daemon: bool, timeout_s: float,
            what: str) -> tuple["Connection", Any, tuple[Any, ...]]:
     """Start ``target(pipe end, *args)`` in a spawned process (never fork a process that holds torch's threads)
