@@ -40,7 +40,7 @@ import numpy as np
 from memory.errors import InvalidInput
 from memory.records import Episode
 
-__all__ = ["BM25Index", "DialogueTimeline", "lucene_scores", "tokenize"]
+__all__ = ["BM25Index", "DialogueTimeline", "content_words", "lucene_scores", "tokenize"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,18 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
     tokens = bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
     stem = _stem_words()
     return [stem(doc) if stem else list(doc) for doc in tokens]
+
+
+def content_words(text: str) -> set[str]:
+    """The words of ``text`` that carry its content: lower-cased, stemmed like :func:`tokenize`'s, and without
+    the longer English stop-word list (bm25s's ``STOPWORDS_EN_PLUS``: "my", "what", "you" go too), for telling
+    whether two short texts share a word that means something."""
+    import bm25s
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    tokens = bm25s.tokenize([text], stopwords=list(STOPWORDS_EN_PLUS), return_ids=False, show_progress=False)[0]
+    stem = _stem_words()
+    return set(stem(tokens) if stem else tokens)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from memory.bm25 import BM25Index
+from memory.bm25 import BM25Index, content_words
 from memory.chroma_backend import collection_name, make_chroma_client
 from memory.clock import ManualClock, utc
 from memory.config import MemoryConfig
@@ -188,6 +188,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, embedder) -> World:  # type:
     for i, text in enumerate(fillers):
         w.say("alice", text, session="s0", at_minutes=i)
     return w
+
+
+def test_content_words_leave_out_question_and_pronoun_words_and_match_word_forms() -> None:
+    assert content_words("What is my job?") == {"job"}
+    assert content_words("What did you say about my jobs?") == {"say", "job"}  # stemmed: "jobs" is "job"
+    assert not content_words("What is my job?") & content_words("What do you think of my plan?")
+    assert content_words("Is it?") == set()
 
 
 def test_lexical_and_semantic_matches_both_come_back(world: World) -> None:
