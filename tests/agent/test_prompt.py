@@ -280,9 +280,20 @@ def test_the_history_window_moves_in_strides_so_turns_between_moves_share_their_
     assert firsts == ["message 1", "message 2", "message 3"]
 
 
+def test_the_default_window_moves_once_every_four_turns_and_shows_seven_messages_on_average() -> None:
+    starts, sizes = [], []
+    for n in range(5, 21):
+        shown = build_prompt(user_id="u", message="Next?", recollection=None, history=_exchanges(n),
+                             count_tokens=words).messages[1:-1]
+        starts.append(str(shown[0].content))
+        sizes.append(len(shown))
+    moves = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert moves == 4 and min(sizes) == 4 and max(sizes) == 10 and sum(sizes) / len(sizes) == 7
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"history_stride": 0}, "history_stride must be between 1 and max_history_messages (8), got 0"),
-    ({"history_stride": 9}, "history_stride must be between 1 and max_history_messages (8), got 9"),
+    ({"history_stride": 0}, "history_stride must be between 1 and max_history_messages (10), got 0"),
+    ({"history_stride": 11}, "history_stride must be between 1 and max_history_messages (10), got 11"),
     ({"max_history_messages": -1}, "max_history_messages must be >= 0, got -1"),
 ])
 def test_a_bad_history_window_is_refused(kwargs: dict, message: str) -> None:
@@ -292,7 +303,7 @@ def test_a_bad_history_window_is_refused(kwargs: dict, message: str) -> None:
 
 def test_a_session_turn_after_the_window_is_full_reuses_its_history_from_the_prefix_cache(
         tmp_path: Path, model_cache_dir: Path, local_model, embedder) -> None:
-    # The real agent and SmolLM2: turn 7 of a session (12 earlier messages) shows the same window start as turn 6,
+    # The real agent and SmolLM2: turn 8 of a session (14 earlier messages) shows the same window start as turn 7,
     # so its prefill computes neither the system message nor the history again.
     from agent import Settings, build_stack
     from editing import GenerationSettings
@@ -303,7 +314,7 @@ def test_a_session_turn_after_the_window_is_full_reuses_its_history_from_the_pre
     try:
         reused = []
         for text in ["I live in Oslo.", "I like tea.", "I work as a nurse.", "I have a cat.", "I play chess.",
-                     "I drive a van.", "What do I play?"]:
+                     "I drive a van.", "What do I play?", "What do I drive?"]:
             before = local_model.prefix_cache.stats()["reused_tokens"]
             stack.agent.chat("ines", text)
             reused.append(local_model.prefix_cache.stats()["reused_tokens"] - before)
@@ -311,6 +322,6 @@ def test_a_session_turn_after_the_window_is_full_reuses_its_history_from_the_pre
     finally:
         stack.close()
     history = [str(m.content) for m in prompt[1:-1]]
-    assert len(history) == 8 and history[0] == "I work as a nurse."  # turn 7's window starts at turn 3...
-    shared = sum(local_model.count_tokens(text) for text in history[:6])  # ...as turn 6's did: turns 3-5 shared
-    assert reused[6] >= reused[5] + shared, reused  # turn 6 (the window moved) reused about the system message
+    assert len(history) == 6 and history[0] == "I play chess."  # turn 8's window starts at turn 5...
+    shared = sum(local_model.count_tokens(text) for text in history[:4])  # ...as turn 7's did: turns 5-6 shared
+    assert reused[7] >= reused[6] + shared, reused  # turn 7 (the window moved) reused about the system message
