@@ -374,18 +374,14 @@ def _memory_lines(user_id: str, message: str, rec: "Recollection | None", budget
     facts = facts[: max(layout.max_notes - len(profile), 0)]
     stale = set(rec.stale_episode_ids)  # turns stating what is no longer true: the facts say it
     dated = layout.episode_style == "dated" or (layout.episode_style == "auto" and _looks_back(rec))
-    asked = None if rec.intent.about_assistant else content_words(message)
-    episodes: list["ScoredEpisode"] = []
-    seen: set[tuple[str, str]] = set()
+    quoted: dict[tuple[str, str], "ScoredEpisode"] = {}  # (role, line) → its best-scored turn
     for e in rec.episodes:
-        line = (e.role, _turn_line(e, dated))
-        if e.episode_id in stale or line in seen:  # a turn said twice in the same words is quoted once
-            continue
-        seen.add(line)
-        episodes.append(e)
-    episodes = episodes[: layout.max_episodes]
-    mine = [_turn_line(e, dated) for e in episodes if e.role == "user"]
-    said = [_turn_line(e, dated) for e in episodes if e.role == "assistant"
+        if e.episode_id not in stale:
+            quoted.setdefault((e.role, _turn_line(e, dated)), e)  # a turn said twice in the same words: once
+    episodes = list(quoted.items())[: layout.max_episodes]
+    mine = [line for (role, line), _ in episodes if role == "user"]
+    asked = None if rec.intent.about_assistant else content_words(message)
+    said = [line for (role, line), e in episodes if role == "assistant"
             and (asked is None or ("bm25" in e.sources and bool(asked & content_words(e.text))))]
     summaries = [quote_memory(s.text) for s in getattr(rec, "summaries", [])]
     return _Notes(profile, facts, mine, said, summaries)
