@@ -600,7 +600,8 @@ class _PrefillProcess:
         self.transfers = {"shared": 0, "pickled": 0}  # how prefills' KV came back
         self._deltas = _DeltaSender()
         self._dead: str | None = None
-        threading.Thread(target=self._read, name="pllm-prefill-reader", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name="pllm-prefill-reader", daemon=True)
+        self._reader.start()
 
     @property
     def pid(self) -> int | None:
@@ -680,13 +681,18 @@ class _PrefillProcess:
                 future.set_exception(error)
 
     def close(self) -> None:
+        """Stop the prefill process; a prefill still in flight resolves to None (idempotent). Its exit is then
+        expected, so it is not logged as a failure."""
         try:
             with self._lock:
+                if self._dead is None:
+                    self._dead = "the prefill process was closed"
                 self._conn.send_bytes(pickle.dumps(("close",)))
         except (OSError, ValueError):
             pass
         self._proc.join(30)
         _stop(self._proc)
+        self._reader.join(5)
 
 
 def _prefill_main(conn: "Connection", config: "RuntimeConfig", cpus: tuple[int, ...],
