@@ -310,7 +310,9 @@ class _LayerRefs:
     scaling: float
 
 
-_COMPACT_MIN_COLUMNS = 64  # fewer masked leading columns than this are left alone (a copy costs more)
+_COMPACT_MIN_COLUMNS = 16  # fewer masked leading columns than this are left alone (dropping them rebuilds the mask)
+_SPARE_COLUMNS = 128  # columns a continuous batch's KV buffers are made with beyond the ones needed (see join)
+_SPARE_LEFT = 32  # and before them, for joining prompts longer than the rows decoding
 
 
 class _LlamaStep:
@@ -385,8 +387,13 @@ class _LlamaStep:
         first = cache.layers[0].keys  # (batch, kv_heads, T, head_dim)
         batch, prompt_len, self.head_dim = first.shape[0], first.shape[2], first.shape[-1]
         shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
-        self.keys = torch.empty(shape, dtype=first.dtype, device=first.device)
-        self.values = torch.empty(shape, dtype=first.dtype, device=first.device)
+        # The buffers; ``keys``/``values`` are views of their first ``_batch`` rows from column ``_start`` on
+        # (see _view): rows leave and join, and leading columns are dropped, without copying the rows that stay.
+        self._kbuf = torch.empty(shape, dtype=first.dtype, device=first.device)
+        self._vbuf = torch.empty(shape, dtype=first.dtype, device=first.device)
+        self._batch, self._start = batch, 0
+        self._filled = prompt_len  # columns (from _start) that hold keys and values
+        self._view()
         for i, layer_cache in enumerate(cache.layers[: len(self.layers)]):
             self.keys[i, :, :, :prompt_len] = layer_cache.keys
             self.values[i, :, :, :prompt_len] = layer_cache.values
@@ -411,9 +418,28 @@ class _LlamaStep:
             terms[i][slot] = functools.partial(lora_term, a=a, b=b)
         return terms
 
+    def _view(self) -> None:
+        self.keys = self._kbuf[:, : self._batch, :, self._start:]
+        self.values = self._vbuf[:, : self._batch, :, self._start:]
+
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows ``rows`` (the others finished): later steps compute only those."""
-        self.keys, self.values = self.keys[:, rows], self.values[:, rows]
+        """Keep only the batch rows ``rows`` (the others finished): later steps compute only those.
+
+        Rows given in increasing order (as a decode loop drops the rows that ended) stay in the buffers: each
+        kept row after a dropped one moves up by one copy of its own columns, and the rows before the first
+        dropped one are not touched. Any other order gathers the kept rows into new buffers."""
+        kept = [int(r) for r in rows.tolist()]
+        if all(a < b for a, b in zip(kept, kept[1:])):
+            live = slice(self._start, self._start + self._filled)
+            for n, j in enumerate(kept):
+                if j != n:  # n < j: row n is a dropped row, or one already moved up
+                    self._kbuf[:, n, :, live] = self._kbuf[:, j, :, live]
+                    self._vbuf[:, n, :, live] = self._vbuf[:, j, :, live]
+            self._batch = len(kept)
+        else:
+            self._kbuf, self._vbuf = self.keys[:, rows], self.values[:, rows]
+            self._batch, self._start = len(kept), 0
+        self._view()
         self.pads = self.pads[rows]
         self.visible = None if self.visible is None else self.visible[rows]
         self.lora = [{slot: term.select(rows) if isinstance(term, RowLora) else term for slot, term in layer.items()}
@@ -436,11 +462,12 @@ class _LlamaStep:
         over ``[:column + 1]`` for every row, so those columns cost time each step and memory for good. The
         caller moves its cache column left by the returned count; positions (``column - pads``) are unchanged.
         """
-        drop = min(column, int(self.pads.min())) if self.keys.shape[1] else column
+        drop = min(column, int(self.pads.min())) if self._batch else column
         if drop < _COMPACT_MIN_COLUMNS:
             return 0
-        self.keys = self.keys[:, :, :, drop:].clone()
-        self.values = self.values[:, :, :, drop:].clone()
+        self._start += drop  # nothing is copied: the views start further right in the buffers
+        self._filled = max(0, self._filled - drop)
+        self._view()
         self.pads = self.pads - drop
         self._mask()
         return drop
@@ -451,28 +478,43 @@ class _LlamaStep:
         deltas, so that their prompts end right before cache column ``column``, with ``room`` columns free
         from there; the cache column to write next, which is ``column`` unless a joining prompt is longer
         (``T > column``: then every present row moves right by ``T - column`` masked columns; positions are
-        ``column - pads``, so no row's positions change). One copy of the cache, whatever it takes. Needs a
-        step made with ``row_deltas``."""
+        ``column - pads``, so no row's positions change). Needs a step made with ``row_deltas``.
+
+        When the buffers have a free row for each joining one and room on both sides, the joining rows are
+        written into them and the present rows stay where they are (a longer prompt moves the views' first column
+        left instead of the rows right). Otherwise the buffers are made anew, with :data:`_SPARE_COLUMNS` more
+        columns than needed on the right and :data:`_SPARE_LEFT` on the left (and at least as many rows as
+        before), so that the joins after it find room."""
         if self._rows is None:
             raise InvalidRequest("only a batch step (made with row_deltas) can take joining rows")
         first = cache.layers[0].keys  # (k, kv_heads, T, head_dim)
         k, t = first.shape[0], first.shape[2]
-        shift = max(0, t - column)
-        column += shift
-        layers, batch, _, old, _ = self.keys.shape
-        capacity = max(old + shift, column + room)
-        shape = (layers, batch + k, self.kv_heads, capacity, self.head_dim)
-        keys, values = self.keys.new_empty(shape), self.values.new_empty(shape)
-        # Columns at or right of ``column`` are written by a step before any step reads them; the padding on
-        # the left is read (masked), so it must hold finite numbers: zeros.
-        for buf, old_rows in ((keys, self.keys), (values, self.values)):
-            buf[:, :batch, :, :shift] = 0
-            buf[:, :batch, :, shift: shift + old] = old_rows
-            buf[:, batch:, :, : column - t] = 0
+        batch = self._batch
+        layers, spare_rows, _, width, _ = self._kbuf.shape
+        shift = max(0, t - column) if batch else 0
+        column = max(column, t)
+        # The present rows keep their place in the buffers; the views start ``shift`` columns further left. With
+        # no row left, every column is free: the views may start anywhere.
+        start = self._start - shift if batch else min(_SPARE_LEFT, max(0, width - column - room))
+        if start < 0 or batch + k > spare_rows or start + column + room > width:
+            shape = (layers, max(batch + k, spare_rows), self.kv_heads, _SPARE_LEFT + column + room + _SPARE_COLUMNS,
+                     self.head_dim)
+            keys, values = self._kbuf.new_empty(shape), self._vbuf.new_empty(shape)
+            held = column - shift  # the columns the present rows have filled
+            for buf, old_rows in ((keys, self.keys), (values, self.values)) if batch else ():
+                buf[:, :batch, :, _SPARE_LEFT + shift: _SPARE_LEFT + column] = old_rows[:, :, :, :held]
+            self._kbuf, self._vbuf, start = keys, values, _SPARE_LEFT
+        # Columns at or right of ``column`` are written by a step before any step reads them; the padding on the
+        # left is read (masked), so it must hold finite numbers: zeros.
+        for buf in (self._kbuf, self._vbuf):
+            buf[:, :batch, :, start: start + shift] = 0
+            buf[:, batch: batch + k, :, start: start + column - t] = 0
         for i, layer_cache in enumerate(cache.layers[: len(self.layers)]):
-            keys[i, batch:, :, column - t: column] = layer_cache.keys
-            values[i, batch:, :, column - t: column] = layer_cache.values
-        self.keys, self.values = keys, values
+            self._kbuf[i, batch: batch + k, :, start + column - t: start + column] = layer_cache.keys
+            self._vbuf[i, batch: batch + k, :, start + column - t: start + column] = layer_cache.values
+        self._start = start
+        self._batch, self._filled = batch + k, column
+        self._view()
         self.pads = torch.cat([self.pads + shift, pads.to(self.pads.device) + (column - t)])
         self._mask()
         self._rows += [tuple(r) for r in rows]
@@ -487,6 +529,7 @@ class _LlamaStep:
         cos, sin = self.rotary(x, position - self.pads)  # (batch, 1, head_dim) each: every row's own position
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (batch, 1, 1, head_dim): broadcast over heads
         end = position + 1
+        self._filled = max(self._filled, end)
         mask = None if self.visible is None else self.visible[:, :, :, :end]  # (batch, 1, 1, end)
         for i, ly in enumerate(self.layers):
             h = _rms_norm(x, ly.norm1.weight, ly.norm1.variance_epsilon)
